@@ -1,0 +1,5 @@
+import sys
+
+from banaserve.cli import main
+
+sys.exit(main())

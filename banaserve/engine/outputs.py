@@ -1,0 +1,21 @@
+"""What the engine returns to callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """A request's progress after a step: cumulative tokens/text plus what this step added."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    new_token_ids: list[int] = field(default_factory=list)
+    new_text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None  # "length" | "stop" | "abort"
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0

@@ -1,0 +1,79 @@
+"""Attention over paged KV memory in plain PyTorch (runs on CPU and CUDA).
+
+A layer's cache is one tensor [2, num_blocks, block_size, num_kv_heads, head_dim]. A step's
+tokens are laid out prefill sequences first (each a contiguous chunk), then decode tokens
+(one per sequence). Prefill chunks run one SDPA call each; decodes run as one padded batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    """A chunk of `q_len` new tokens of one sequence whose context (incl. the chunk) is `ctx_len`."""
+
+    q_start: int
+    q_len: int
+    ctx_len: int
+    block_table: torch.Tensor  # [num_blocks_needed] int64, on the model device
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: cache slot (block * block_size + offset) of every new token
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    num_decode_tokens: int = 0
+    decode_block_tables: torch.Tensor | None = None  # [B, max_blocks] int64, padded with block 0
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, max_blocks * block_size] bool
+
+
+def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store new keys and values [T, Hkv, D] at their cache slots."""
+    _, nb, bs, h, d = kv_cache.shape
+    kv_cache[0].view(nb * bs, h, d).index_copy_(0, slot_mapping, k)
+    kv_cache[1].view(nb * bs, h, d).index_copy_(0, slot_mapping, v)
+
+
+def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [ctx_len, Hkv, D] of one sequence, in token order."""
+    h, d = kv_cache.shape[-2:]
+    k = kv_cache[0, block_table].reshape(-1, h, d)[:ctx_len]
+    v = kv_cache[1, block_table].reshape(-1, h, d)[:ctx_len]
+    return k, v
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                    meta: AttentionMetadata) -> torch.Tensor:
+    """Write the step's k/v into the cache and return attention outputs [T, Hq, D]."""
+    write_kv(kv_cache, meta.slot_mapping, k, v)
+    out = torch.empty_like(q)
+    for p in meta.prefills:
+        qs = q[p.q_start:p.q_start + p.q_len].transpose(0, 1).unsqueeze(0)  # [1, Hq, q, D]
+        if p.ctx_len == p.q_len:  # no earlier context: the fresh k/v are the whole context
+            ks, vs = k[p.q_start:p.q_start + p.q_len], v[p.q_start:p.q_start + p.q_len]
+            mask, causal = None, True
+        else:
+            ks, vs = gather_kv(kv_cache, p.block_table, p.ctx_len)
+            offset = p.ctx_len - p.q_len
+            rows = torch.arange(p.q_len, device=q.device)[:, None] + offset
+            mask, causal = torch.arange(p.ctx_len, device=q.device)[None, :] <= rows, False
+        o = F.scaled_dot_product_attention(
+            qs, ks.transpose(0, 1).unsqueeze(0), vs.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask, is_causal=causal, enable_gqa=True,
+        )
+        out[p.q_start:p.q_start + p.q_len] = o[0].transpose(0, 1)
+    n = meta.num_decode_tokens
+    if n:
+        h, d = kv_cache.shape[-2:]
+        bt = meta.decode_block_tables
+        kd = kv_cache[0, bt].reshape(bt.shape[0], -1, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
+        vd = kv_cache[1, bt].reshape(bt.shape[0], -1, h, d).transpose(1, 2)
+        qd = q[-n:].unsqueeze(2)  # [B, Hq, 1, D]
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=True)
+        out[-n:] = o.squeeze(2)
+    return out

@@ -1,0 +1,97 @@
+"""Load HF safetensors checkpoints (single file or sharded with an index) into a DecoderModel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from banaserve.models.config import ModelConfig
+from banaserve.models.decoder import DecoderModel
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+# HF projections that banaserve fuses into one matmul: fused name -> parts, in concat order
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def weight_files(path: str) -> dict[str, str]:
+    """HF tensor name -> file holding it."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            return {k: os.path.join(path, v) for k, v in json.load(f)["weight_map"].items()}
+    single = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(single):
+        raise ValueError(f"no safetensors weights in {path!r}")
+    with safe_open(single, "pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def load_model(path: str, dtype: torch.dtype, device: torch.device) -> tuple[DecoderModel, ModelConfig]:
+    """Build the model without initialising it, then fill every parameter from the checkpoint."""
+    cfg = ModelConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = DecoderModel(cfg)
+    files = weight_files(path)
+    handles = {f: safe_open(f, "pt", device="cpu") for f in set(files.values())}
+
+    def read(hf_name: str) -> torch.Tensor:
+        if hf_name not in files:
+            raise ValueError(f"checkpoint {path!r} lacks tensor {hf_name}")
+        return handles[files[hf_name]].get_tensor(hf_name)
+
+    for name, param in list(model.named_parameters()):
+        if cfg.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        tensor = _read_param(name, read)
+        if tensor.shape != param.shape:
+            raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected {tuple(param.shape)}")
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        setattr(module, attr, nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.rope.build(device)
+    return model.eval(), cfg
+
+
+def _read_param(name: str, read) -> torch.Tensor:
+    hf = name if name.startswith("lm_head") else "model." + name
+    for fused, parts in FUSED.items():
+        if f".{fused}." in hf:
+            return torch.cat([read(hf.replace(fused, part)) for part in parts], dim=0)
+    return read(hf)
+
+
+def model_fingerprint(path: str, dtype: torch.dtype, block_size: int) -> bytes:
+    """Identity of (architecture, weights, dtype, KV layout): the root of every prefix-cache key.
+
+    Hashing every weight byte would take seconds for large models, so the weights are
+    identified by each file's header and size plus a sample of its bytes.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    with open(os.path.join(path, "config.json"), "rb") as f:
+        h.update(f.read())
+    for file in sorted(set(weight_files(path).values())):
+        size = os.path.getsize(file)
+        with open(file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            h.update(f.read(min(header_len, 1 << 24)))
+            for offset in (0.25, 0.5, 0.75, 1.0):
+                f.seek(max(0, int(size * offset) - 65536))
+                h.update(f.read(65536))
+        h.update(str(size).encode())
+    h.update(f"{dtype}|{block_size}".encode())
+    return h.digest()

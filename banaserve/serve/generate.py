@@ -1,0 +1,168 @@
+"""Running one request on the engine client: as an SSE stream or to completion, never leaking it.
+
+Whatever ends a request early (the client closing the connection, a server shutdown, an
+error), the request is aborted in the engine so its KV blocks are freed; the in-flight slot
+is released exactly once by the caller of these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import anyio
+from fastapi import Request
+
+from banaserve.engine.outputs import RequestOutput
+from banaserve.engine.sampling_params import SamplingParams
+from banaserve.serve.errors import APIError, error_body
+from banaserve.serve.metrics import RequestTimer
+from banaserve.serve.sse import DONE, sse_event
+from banaserve.serve.state import ServerState
+
+logger = logging.getLogger("banaserve.serve")
+
+
+@dataclass(slots=True)
+class Job:
+    """A validated request, ready for the engine."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    chat: bool  # chat.completion(.chunk) shapes instead of text_completion
+    include_usage: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def usage(job: Job, num_output_tokens: int) -> dict:
+    n = len(job.prompt_token_ids)
+    return {"prompt_tokens": n, "completion_tokens": num_output_tokens, "total_tokens": n + num_output_tokens}
+
+
+def _envelope(state: ServerState, job: Job, obj: str, choices: list[dict]) -> dict:
+    return {"id": job.request_id, "object": obj, "created": job.created, "model": state.model_name,
+            "choices": choices}
+
+
+def _chunk(state: ServerState, job: Job, text: str | None, finish_reason: str | None,
+           role: bool = False) -> dict:
+    if job.chat:
+        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        out = _envelope(state, job, "chat.completion.chunk", [choice])
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        out = _envelope(state, job, "text_completion", [choice])
+    if job.include_usage:
+        out["usage"] = None  # as OpenAI: only the extra last chunk carries usage
+    return out
+
+
+def full_response(state: ServerState, job: Job, out: RequestOutput) -> dict:
+    """The non-streaming response body."""
+    if job.chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": None,
+                  "finish_reason": out.finish_reason}
+        body = _envelope(state, job, "chat.completion", [choice])
+    else:
+        choice = {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+        body = _envelope(state, job, "text_completion", [choice])
+    body["usage"] = usage(job, len(out.token_ids))
+    return body
+
+
+async def stream_events(state: ServerState, job: Job) -> AsyncGenerator[bytes, None]:
+    """SSE events of one request; closing the generator early aborts the request."""
+    timer = RequestTimer(state.metrics, num_prompt_tokens=len(job.prompt_token_ids))
+    outputs = state.client.generate(job.request_id, job.prompt_token_ids, job.params)
+    finished = False
+    try:
+        if job.chat:
+            yield sse_event(_chunk(state, job, None, None, role=True))
+        async for out in outputs:
+            timer.on_tokens(len(out.new_token_ids), len(out.token_ids))
+            if out.new_text or out.finished:
+                yield sse_event(_chunk(state, job, out.new_text, out.finish_reason if out.finished else None))
+            if out.finished:
+                finished = True
+                timer.finish(out.finish_reason or "stop")
+                if job.include_usage:
+                    yield sse_event({**_envelope(state, job, _chunk_object(job), []),
+                                     "usage": usage(job, len(out.token_ids))})
+        yield DONE
+    except Exception as exc:  # the stream has started: report in-band, as OpenAI does
+        yield sse_event(_error_event(exc))
+        yield DONE
+    finally:
+        if not finished:
+            timer.finish("abort")
+            await _abort(state, job.request_id, outputs)
+
+
+async def collect(state: ServerState, job: Job, request: Request) -> RequestOutput:
+    """Run to the end; if the client disconnects first, abort the request (the 400 is never read)."""
+    timer = RequestTimer(state.metrics, num_prompt_tokens=len(job.prompt_token_ids))
+    outputs = state.client.generate(job.request_id, job.prompt_token_ids, job.params)
+
+    async def run() -> RequestOutput:
+        last = None
+        async for out in outputs:
+            timer.on_tokens(len(out.new_token_ids), len(out.token_ids))
+            last = out
+        if last is None or not last.finished:
+            raise RuntimeError("the engine ended the request without a final output")
+        return last
+
+    runner = asyncio.ensure_future(run())
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    result: RequestOutput | None = None
+    try:
+        await asyncio.wait((runner, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if runner.done():
+            result = runner.result()  # raises the engine's error, if any
+            timer.finish(result.finish_reason or "stop")
+            return result
+        raise APIError(400, "The client disconnected before the response was ready.")
+    except ValueError as exc:  # the engine refused the request after validate() accepted it
+        raise APIError(400, str(exc)) from None
+    finally:
+        watcher.cancel()
+        if result is None:
+            runner.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((runner,))  # let the cancellation close the engine stream
+            timer.finish("abort")
+            await _abort(state, job.request_id, outputs)
+
+
+async def _abort(state: ServerState, request_id: str, outputs: AsyncGenerator) -> None:
+    # shielded: this runs while the surrounding task is being cancelled (client gone, shutdown)
+    with anyio.CancelScope(shield=True):
+        try:
+            await outputs.aclose()
+            await state.client.abort(request_id)  # also for clients whose stream cleanup does not abort
+        except Exception:
+            logger.exception("abort of request %s failed", request_id)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # the body has been read, so the next ASGI message can only be the disconnect
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _chunk_object(job: Job) -> str:
+    return "chat.completion.chunk" if job.chat else "text_completion"
+
+
+def _error_event(exc: Exception) -> dict:
+    if isinstance(exc, APIError):
+        return error_body(exc.status, exc.message, exc.param, exc.code, exc.type)
+    if isinstance(exc, ValueError):
+        return error_body(400, str(exc))
+    logger.error("request failed while streaming", exc_info=exc)
+    return error_body(500, "The server had an error while processing your request.")

@@ -154,8 +154,11 @@ class LocalEngineClient:
                         engine.add_request(rid, prompt_token_ids=ids, params=params)
                     except Exception as exc:  # refused request: tell its caller, keep serving
                         self._deliver(rid, exc if isinstance(exc, ValueError) else ValueError(str(exc)))
-                elif engine.abort_request(msg[1]) is not None:
-                    self._num_aborted += 1
+                else:
+                    out = engine.abort_request(msg[1])
+                    if out is not None:  # the stream, if still open, ends with finish_reason "abort"
+                        self._num_aborted += 1
+                        self._deliver(out.request_id, out)
             busy = engine.has_unfinished_requests()
             now = time.monotonic()
             # engine.stats() walks the free-block queue: every 50 ms while busy, not every step

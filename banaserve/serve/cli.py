@@ -75,6 +75,25 @@ def parse_args(argv: list[str]) -> ServeArgs:
     return ServeArgs(**vars(ns))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, plus a drain of open requests on shutdown (see ServerState.drain).
+
+    uvicorn's own graceful timeout stays as a backstop: a request the drain could not end is
+    cancelled by uvicorn, which closes its stream and so aborts it too.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState):
+        super().__init__(config)
+        self.state = state
+
+    async def shutdown(self, sockets=None) -> None:
+        drain = asyncio.ensure_future(self.state.drain(self.state.args.graceful_shutdown_s))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drain.cancel()
+
+
 async def serve(args: ServeArgs, client: EngineClient) -> None:
     """Run until SIGINT/SIGTERM, then stop the HTTP server and the engine client, in that order."""
     await client.start()
@@ -82,8 +101,8 @@ async def serve(args: ServeArgs, client: EngineClient) -> None:
     try:
         state = ServerState.create(client, args)
         config = uvicorn.Config(build_app(state), host=args.host, port=args.port, log_level=args.log_level,
-                                timeout_graceful_shutdown=args.graceful_shutdown_s, lifespan="off")
-        server = uvicorn.Server(config)
+                                timeout_graceful_shutdown=args.graceful_shutdown_s + 2.0, lifespan="off")
+        server = _Server(config, state)
         # uvicorn re-raises the signal that stopped it once it is done; with a no-op handler in
         # place that lands here, instead of killing the process before the client is shut down
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,11 +113,13 @@ async def serve(args: ServeArgs, client: EngineClient) -> None:
             state.shutting_down = True
         logger.info("shutting down the engine client")
         await client.shutdown()
+        logger.info("engine client stopped")
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.validate()
         client = build_client(args)

@@ -15,7 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -39,6 +46,7 @@ class ServerMetrics:
     """All metrics of one server, in their own registry (so several servers can live in a process)."""
 
     def __init__(self, client: EngineClient):
+        disable_created_metrics()  # the *_created series only double what Prometheus already knows
         r = self.registry = CollectorRegistry()
         self.requests = Counter("banaserve_requests", "HTTP requests by endpoint and status code",
                                 ["endpoint", "status"], registry=r)

@@ -39,7 +39,7 @@ def test_models_and_health(server, client):
 
 def test_greedy_completion_matches_offline(server, client, offline_llm):
     expected = offline(offline_llm, PROMPTS, max_tokens=12)
-    for prompt, ref in zip(PROMPTS, expected):
+    for prompt, ref in zip(PROMPTS, expected, strict=True):
         r = client.completions.create(model=server.model_name, prompt=prompt, max_tokens=12,
                                       extra_body=NO_EOS, **GREEDY)
         assert r.choices[0].text == ref.text
@@ -119,8 +119,9 @@ def test_chat_default_max_tokens_fills_the_context(server, client, offline_llm):
     content = " ".join(["hello"] * words)
     room = limit - len(offline_llm.tokenizer.encode(chatml(content)))
     assert 0 < room < 20
-    r = client.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": content}],
-                                       extra_body=NO_EOS, **GREEDY)
+    messages = [{"role": "user", "content": content}]
+    r = client.chat.completions.create(model=server.model_name, messages=messages, extra_body=NO_EOS,
+                                       **GREEDY)
     assert r.usage.completion_tokens == room
     assert r.choices[0].finish_reason == "length"
 

@@ -80,7 +80,7 @@ def block_runs(src: list[int], dst: list[int]) -> list[tuple[int, int, int]]:
     copies instead of one small copy per block.
     """
     runs: list[tuple[int, int, int]] = []
-    for s, d in zip(src, dst):
+    for s, d in zip(src, dst, strict=True):
         if runs and runs[-1][0] + runs[-1][2] == s and runs[-1][1] + runs[-1][2] == d:
             s0, d0, n = runs[-1]
             runs[-1] = (s0, d0, n + 1)

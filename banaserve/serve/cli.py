@@ -17,6 +17,7 @@ import sys
 import uvicorn
 
 from banaserve.cluster.engine_client import EngineClient, LocalEngineClient
+from banaserve.cluster.launch import build_engine_client
 from banaserve.serve.api_server import build_app
 from banaserve.serve.args import MODES, TRANSFERS, ServeArgs
 from banaserve.serve.state import ServerState
@@ -25,16 +26,16 @@ logger = logging.getLogger("banaserve.serve")
 
 
 def build_client(args: ServeArgs) -> EngineClient:
-    """The engine backend for `args`.
+    """The engine backend for `args` (not started yet).
 
-    Only the in-process engine exists on this branch; once the cluster launcher lands this
-    becomes `return build_engine_client(args)` from banaserve.cluster.launch.
+    One colocated instance runs in this process (no IPC, quickest start); anything else is the
+    multi-process cluster: a router here, instance processes beside it.
     """
     if args.mode == "colocated" and args.instances == 1:
         return LocalEngineClient(args.engine_config(), name=args.served_model_name)
-    raise ValueError(f"--mode {args.mode} with {args.instances} instance(s) needs the multi-process "
-                     "cluster (banaserve.cluster.launch), which this build does not have yet; "
-                     "use --mode colocated --instances 1")
+    return build_engine_client(args.engine_config(), mode=args.mode, instances=args.instances,
+                               prefill=args.prefill, decode=args.decode, transfer=args.transfer,
+                               name=args.served_model_name)
 
 
 def parse_args(argv: list[str]) -> ServeArgs:

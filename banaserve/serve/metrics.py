@@ -42,6 +42,10 @@ _HELP = {
 }
 
 
+# identities and bookkeeping, not measurements: kept out of /metrics
+_SKIP = frozenset({"id", "instance_id", "pid", "seq", "updated_at"})
+
+
 class ServerMetrics:
     """All metrics of one server, in their own registry (so several servers can live in a process)."""
 
@@ -144,6 +148,8 @@ class ClusterCollector(Collector):
 
 def _numeric_leaves(d: dict, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, float]]:
     for key, value in d.items():
+        if key in _SKIP:
+            continue
         name = re.sub(r"[^a-zA-Z0-9_]", "_", f"{prefix}_{key}" if prefix else str(key))
         if isinstance(value, bool):
             yield name, float(value)

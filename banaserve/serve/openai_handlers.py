@@ -93,7 +93,7 @@ async def _run(state: ServerState, request: Request, job: Job, stream: bool) -> 
         state.client.validate(job.prompt_token_ids, job.params)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
-    state.acquire_slot(job.request_id)
+    state.acquire_slot(job.request_id, job.stop)
     if stream:
         # the slot is released by the response, when the stream ends however it ends
         return SSEResponse(stream_events(state, job), on_close=lambda: state.release_slot(job.request_id))

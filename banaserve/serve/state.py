@@ -32,7 +32,7 @@ class ServerState:
     metrics: ServerMetrics
     model_name: str
     created: int = field(default_factory=lambda: int(time.time()))
-    active: set[str] = field(default_factory=set)  # ids of requests holding a slot
+    active: dict[str, asyncio.Event] = field(default_factory=dict)  # request id -> its stop event
     shutting_down: bool = False
 
     @classmethod
@@ -44,32 +44,32 @@ class ServerState:
 
     # ----- admission -----
 
-    def acquire_slot(self, request_id: str) -> None:
+    def acquire_slot(self, request_id: str, stop: asyncio.Event) -> None:
         """Count a generation request in, or refuse it when the server already holds max_pending."""
         if self.shutting_down:
             raise APIError(503, "The server is shutting down.")
         if len(self.active) >= self.args.max_pending:
             raise APIError(429, f"The server is at its limit of {self.args.max_pending} requests in "
                                 "flight; retry later.", code="rate_limit_exceeded")
-        self.active.add(request_id)
+        self.active[request_id] = stop
         self.metrics.in_flight.set(len(self.active))
 
     def release_slot(self, request_id: str) -> None:
-        self.active.discard(request_id)
+        self.active.pop(request_id, None)
         self.metrics.in_flight.set(len(self.active))
 
     async def drain(self, grace_s: float) -> None:
-        """Refuse new requests, give open ones `grace_s` to finish, then abort the rest.
+        """Refuse new requests, give open ones `grace_s` to finish, then stop the rest.
 
-        Aborted requests end with finish_reason "abort" (streams get their last chunk and
-        [DONE]) instead of having their connections cut.
+        Stopped requests are aborted in the engine and answered with finish_reason "abort"
+        (streams get their last chunk and [DONE]) instead of having their connections cut.
         """
         self.shutting_down = True
         deadline = time.monotonic() + grace_s
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for request_id in list(self.active):
-            await self.client.abort(request_id)
+        for stop in self.active.values():
+            stop.set()
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:

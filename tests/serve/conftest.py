@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from banaserve.models.make_model import make_model
 from tests.serve.server_proc import NUM_KV_BLOCKS, start_server
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    return make_model("llama", "tiny", 0, str(tmp_path_factory.mktemp("ckpt") / "tiny-llama"))
+def tiny_model(tiny_llama) -> str:
+    """The tiny llama checkpoint of tests/conftest.py (made once per session)."""
+    return tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ The SIGTERM test stops this module's server, so it comes last in the file.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 
@@ -14,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.server_proc import start_server
+from tests.serve.server_proc import children_of, is_alive, start_server
 
 KEY = "sk-test-4d7f1c"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -83,25 +82,9 @@ def test_over_max_pending_is_429(locked):
         assert r.status_code == 200, r.text
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [int(c) for c in f.read().split()]
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_sigterm_ends_streams_and_exits_cleanly(locked):
     """SIGTERM with a stream open: it ends with finish_reason "abort" and [DONE], the process exits 0."""
-    children = _children(locked.proc.pid)
+    children = children_of(locked.proc.pid)
     with httpx.Client(timeout=60, headers=AUTH) as http:
         with http.stream("POST", locked.base_url + "/v1/completions",
                          json={"model": locked.model_name, **LONG}) as r:
@@ -117,5 +100,5 @@ def test_sigterm_ends_streams_and_exits_cleanly(locked):
         locked.proc.kill()
         raise AssertionError(f"server did not exit after SIGTERM:\n{locked.log()}") from None
     assert code == 0, locked.log()
-    assert not [c for c in children if _alive(c)]
+    assert not [c for c in children if is_alive(c)]
     assert "Traceback" not in locked.log()

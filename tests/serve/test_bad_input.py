@@ -7,7 +7,8 @@ import json
 import httpx
 import pytest
 
-MODEL = "tiny-llama"  # the checkpoint directory name made by the `tiny_model` fixture
+from tests.serve.server_proc import MODEL_NAME as MODEL
+
 GOOD = {"model": MODEL, "prompt": "Hello", "max_tokens": 2, "temperature": 0.0}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

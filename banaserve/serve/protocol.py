@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from banaserve.serve.errors import APIError
 
@@ -29,6 +29,12 @@ class _Sampling(BaseModel):
     """Fields shared by completions and chat completions."""
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        # OpenAI treats `"temperature": null` as "not given"; some clients send every field that way
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     model: str
     max_tokens: int | None = None

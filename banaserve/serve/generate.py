@@ -10,71 +10,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 
 import anyio
 from fastapi import Request
 
 from banaserve.engine.outputs import RequestOutput
-from banaserve.engine.sampling_params import SamplingParams
 from banaserve.serve.errors import APIError, error_body
 from banaserve.serve.metrics import RequestTimer
+from banaserve.serve.responses import Job, chunk, usage_chunk
 from banaserve.serve.sse import DONE, sse_event
 from banaserve.serve.state import ServerState
 
 logger = logging.getLogger("banaserve.serve")
-
-
-@dataclass(slots=True)
-class Job:
-    """A validated request, ready for the engine."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    chat: bool  # chat.completion(.chunk) shapes instead of text_completion
-    include_usage: bool = False
-    stop: asyncio.Event = field(default_factory=asyncio.Event)  # set when the server drains
-    created: int = field(default_factory=lambda: int(time.time()))
-
-
-def usage(job: Job, num_output_tokens: int) -> dict:
-    n = len(job.prompt_token_ids)
-    return {"prompt_tokens": n, "completion_tokens": num_output_tokens, "total_tokens": n + num_output_tokens}
-
-
-def _envelope(state: ServerState, job: Job, obj: str, choices: list[dict]) -> dict:
-    return {"id": job.request_id, "object": obj, "created": job.created, "model": state.model_name,
-            "choices": choices}
-
-
-def _chunk(state: ServerState, job: Job, text: str | None, finish_reason: str | None,
-           role: bool = False) -> dict:
-    if job.chat:
-        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        out = _envelope(state, job, "chat.completion.chunk", [choice])
-    else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        out = _envelope(state, job, "text_completion", [choice])
-    if job.include_usage:
-        out["usage"] = None  # as OpenAI: only the extra last chunk carries usage
-    return out
-
-
-def full_response(state: ServerState, job: Job, out: RequestOutput) -> dict:
-    """The non-streaming response body."""
-    if job.chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": None,
-                  "finish_reason": out.finish_reason}
-        body = _envelope(state, job, "chat.completion", [choice])
-    else:
-        choice = {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
-        body = _envelope(state, job, "text_completion", [choice])
-    body["usage"] = usage(job, len(out.token_ids))
-    return body
 
 
 async def stream_events(state: ServerState, job: Job) -> AsyncGenerator[bytes, None]:
@@ -89,19 +37,19 @@ async def stream_events(state: ServerState, job: Job) -> AsyncGenerator[bytes, N
     num_tokens = 0
     try:
         if job.chat:
-            yield sse_event(_chunk(state, job, None, None, role=True))
+            yield sse_event(chunk(state, job, None, None, role=True))
         async for out in _until_stopped(outputs, job.stop):
             timer.on_tokens(len(out.new_token_ids), len(out.token_ids))
             num_tokens = len(out.token_ids)
             finished = out.finished
             if out.new_text or finished:
-                yield sse_event(_chunk(state, job, out.new_text, out.finish_reason if finished else None))
+                yield sse_event(chunk(state, job, out.new_text, out.finish_reason if finished else None))
             if finished:
                 timer.finish(out.finish_reason or "stop")
         if not finished:
-            yield sse_event(_chunk(state, job, None, "abort"))
+            yield sse_event(chunk(state, job, None, "abort"))
         if job.include_usage:
-            yield sse_event({**_envelope(state, job, _chunk_object(job), []), "usage": usage(job, num_tokens)})
+            yield sse_event(usage_chunk(state, job, num_tokens))
         yield DONE
     except Exception as exc:  # the stream has started: report in-band, as OpenAI does
         yield sse_event(_error_event(exc))
@@ -201,10 +149,6 @@ async def _wait_for_disconnect(request: Request) -> None:
     # the body has been read, so the next ASGI message can only be the disconnect
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _chunk_object(job: Job) -> str:
-    return "chat.completion.chunk" if job.chat else "text_completion"
 
 
 def _error_event(exc: Exception) -> dict:

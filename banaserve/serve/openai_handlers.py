@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.serve.errors import APIError, from_validation_error
-from banaserve.serve.generate import Job, collect, full_response, stream_events
+from banaserve.serve.generate import collect, stream_events
 from banaserve.serve.protocol import ChatCompletionRequest, CompletionRequest
+from banaserve.serve.responses import Job, full_response
 from banaserve.serve.sse import SSEResponse
 from banaserve.serve.state import ServerState, read_json
 

@@ -79,7 +79,7 @@ def tpot_s(r: RequestRecord) -> float | None:
 def itls_s(r: RequestRecord) -> list[float]:
     """Every gap between consecutive token-carrying chunks."""
     t = r.token_times_s
-    return [b - a for a, b in zip(t, t[1:])]
+    return [b - a for a, b in zip(t[:-1], t[1:], strict=True)]
 
 
 def meets_slo(r: RequestRecord, slo: SLO) -> bool:

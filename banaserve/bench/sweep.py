@@ -51,7 +51,7 @@ def capacity(
     None when no rate meets the threshold; the highest rate when all of the rates above the best
     passing one are missing (the sweep did not go high enough).
     """
-    points = sorted(zip(rates, attainments))
+    points = sorted(zip(rates, attainments, strict=True))
     passing = [i for i, (_, a) in enumerate(points) if a >= threshold]
     if not passing:
         return None

@@ -79,6 +79,23 @@ def encode_body(spec: RequestSpec, cfg: ClientConfig, model: str, prompts: Promp
     return msgspec.json.encode(body)
 
 
+async def _on_chunk_sent(session: aiohttp.ClientSession, ctx, params) -> None:
+    if not ctx.trace_request_ctx:
+        ctx.trace_request_ctx.append(time.perf_counter())
+
+
+def send_time_trace() -> aiohttp.TraceConfig:
+    """Timestamps the moment a request's body is written to the socket.
+
+    That is when the request really leaves the client: on a busy event loop (a burst of sends)
+    aiohttp writes the body in a separate task that can run milliseconds after `post()` was
+    called, and that client-side wait must not be charged to the server's TTFT.
+    """
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_on_chunk_sent)
+    return trace
+
+
 def _fail(record: RequestRecord, reason: str) -> RequestRecord:
     record.status, record.error = FAILED, reason
     return record
@@ -96,10 +113,13 @@ async def send_one(
     """Send one request and fill `record` in; failures are recorded with a reason, never raised."""
     reads: list[tuple[float, bytes]] = []
     clock = time.perf_counter
-    send = clock()
-    record.send_s = send - t0
+    sent: list[float] = []  # filled by the on_request_chunk_sent hook when the body hits the socket
+    record.send_s = clock() - t0
     try:
-        async with session.post(url, data=body, headers=hdrs, timeout=timeout) as resp:
+        post = session.post(url, data=body, headers=hdrs, timeout=timeout, trace_request_ctx=sent)
+        async with post as resp:
+            if sent:
+                record.send_s = sent[0] - t0
             if resp.status != 200:
                 text = (await resp.text(errors="replace"))[:200].replace("\n", " ")
                 record.end_s = clock() - t0

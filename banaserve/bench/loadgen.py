@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
-from banaserve.bench.client import ClientConfig, base_url, encode_body, fetch_model, headers, send_one
+from banaserve.bench.client import (
+    ClientConfig,
+    base_url,
+    encode_body,
+    fetch_model,
+    headers,
+    send_one,
+    send_time_trace,
+)
 from banaserve.bench.progress import Progress
 from banaserve.bench.prompts import PromptBuilder, PromptConfig
 from banaserve.bench.results import RequestRecord
@@ -116,9 +124,10 @@ async def run_load(
     url = base_url(cfg.endpoint) + "/v1/completions"
     hdrs = headers(cfg)
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, force_close=False)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-    ) as session:
+    no_timeout = aiohttp.ClientTimeout(total=None)
+    trace = [send_time_trace()]
+    session = aiohttp.ClientSession(connector=connector, timeout=no_timeout, trace_configs=trace)
+    async with session:
         model = cfg.model or await fetch_model(session, cfg)
         prebuild = sum(s.input_len for s in specs) <= PREBUILD_TOKEN_LIMIT
         bodies = [encode_body(s, cfg, model, prompts) for s in specs] if prebuild else None

@@ -124,7 +124,12 @@ def make_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(argv: list[str]) -> int:
-    p = Parser(prog="banaserve bench", description="Replay a trace against an OpenAI-compatible endpoint.")
+    p = Parser(
+        prog="banaserve bench",
+        description="Replay a trace against an OpenAI-compatible endpoint.",
+        epilog="Also: `banaserve bench sweep --rates 1,2,4 ...` and `banaserve bench plot RESULT.json ...`. "
+        "Metric definitions and the result schema: docs/bench.md.",
+    )
     add_run_args(p)
     p.add_argument("--out", default=None, help="write the result JSON here")
     args = p.parse_args(argv)

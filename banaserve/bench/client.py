@@ -134,6 +134,8 @@ async def send_one(
         return _fail(_finish(record, reads, t0), f"connection error ({type(e).__name__})")
     except OSError as e:
         return _fail(_finish(record, reads, t0), f"connection error ({type(e).__name__}: {e.strerror})")
+    except Exception as e:  # anything else still counts as a failed request, never a lost one
+        return _fail(_finish(record, reads, t0), f"client error ({type(e).__name__}: {str(e)[:100]})")
     return _finish(record, reads, t0, complete=True)
 
 

@@ -41,11 +41,18 @@ def _sort_key(result: Result) -> tuple[str, float]:
     return (str(result.meta.get("label") or ""), offered_rate(result) or 0.0)
 
 
-def timeline(result: Result, bins: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(bin starts s, output tokens/s, requests in flight, requests waiting for a slot) over the run."""
+def timeline(
+    result: Result, min_bin_s: float = 0.25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bin starts s, output tokens/s, requests in flight, requests waiting for a slot) over the run.
+
+    At most 100 bins, none shorter than `min_bin_s`: shorter bins turn bursty token arrivals
+    into spikes rather than a rate.
+    """
     recs = result.records
     ends = [r.end_s for r in recs if r.end_s is not None]
     span = max(ends, default=0.0) or 1.0
+    bins = max(1, min(100, int(span / min_bin_s)))
     edges = np.linspace(0.0, span, bins + 1)
     width = edges[1] - edges[0]
     times, weights = [], []

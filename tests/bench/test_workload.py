@@ -84,6 +84,8 @@ def test_mooncake_block_tokens_scale_inputs(mooncake):
         {"block_tokens": 0},
         {"rate": -2.0},
         {"duration_s": 5.0},  # synthetic at rate inf has no duration
+        {"burstiness": -1.0},
+        {"rate": 2.0, "time_scale": 0.5},
     ],
 )
 def test_bad_configs(kwargs):

@@ -96,11 +96,6 @@ def send_time_trace() -> aiohttp.TraceConfig:
     return trace
 
 
-def _fail(record: RequestRecord, reason: str) -> RequestRecord:
-    record.status, record.error = FAILED, reason
-    return record
-
-
 async def send_one(
     session: aiohttp.ClientSession,
     url: str,
@@ -115,34 +110,36 @@ async def send_one(
     clock = time.perf_counter
     sent: list[float] = []  # filled by the on_request_chunk_sent hook when the body hits the socket
     record.send_s = clock() - t0
+    error: str | None = None
     try:
         post = session.post(url, data=body, headers=hdrs, timeout=timeout, trace_request_ctx=sent)
         async with post as resp:
-            if sent:
-                record.send_s = sent[0] - t0
             if resp.status != 200:
                 text = (await resp.text(errors="replace"))[:200].replace("\n", " ")
-                record.end_s = clock() - t0
-                return _fail(record, f"HTTP {resp.status}: {text}")
-            async for data in resp.content.iter_any():
-                reads.append((clock(), data))
+                error = f"HTTP {resp.status}: {text}"
+            else:
+                async for data in resp.content.iter_any():
+                    reads.append((clock(), data))
     except TimeoutError:
-        return _fail(_finish(record, reads, t0), f"timeout after {timeout.total:g}s")
+        error = f"timeout after {timeout.total:g}s"
     except aiohttp.ClientPayloadError as e:
-        return _fail(_finish(record, reads, t0), f"stream dropped ({type(e).__name__})")
+        error = f"stream dropped ({type(e).__name__})"
     except aiohttp.ClientError as e:
-        return _fail(_finish(record, reads, t0), f"connection error ({type(e).__name__})")
+        error = f"connection error ({type(e).__name__})"
     except OSError as e:
-        return _fail(_finish(record, reads, t0), f"connection error ({type(e).__name__}: {e.strerror})")
+        error = f"connection error ({type(e).__name__}: {e.strerror})"
     except Exception as e:  # anything else still counts as a failed request, never a lost one
-        return _fail(_finish(record, reads, t0), f"client error ({type(e).__name__}: {str(e)[:100]})")
-    return _finish(record, reads, t0, complete=True)
+        error = f"client error ({type(e).__name__}: {str(e)[:100]})"
+    if sent:
+        record.send_s = sent[0] - t0
+    return _finish(record, reads, t0, error)
 
 
 def _finish(
-    record: RequestRecord, reads: list[tuple[float, bytes]], t0: float, complete: bool = False
+    record: RequestRecord, reads: list[tuple[float, bytes]], t0: float, error: str | None
 ) -> RequestRecord:
-    record.end_s = (reads[-1][0] if complete and reads else time.perf_counter()) - t0
+    """Parse the stream into the record; a complete stream ends at its last read."""
+    record.end_s = (reads[-1][0] if error is None and reads else time.perf_counter()) - t0
     parsed = parse_stream([(t - t0, data) for t, data in reads])
     record.token_times_s = parsed.token_times
     record.first_token_s = parsed.token_times[0] if parsed.token_times else None
@@ -150,12 +147,12 @@ def _finish(
     record.output_tokens = (
         parsed.completion_tokens if parsed.completion_tokens is not None else len(parsed.token_times)
     )
-    if not complete:
-        return record
-    if parsed.error:
-        return _fail(record, parsed.error)
-    if not parsed.done:
-        return _fail(record, "stream ended without [DONE]")
-    if not parsed.token_times:
-        return _fail(record, "no tokens in stream")
+    if error is None and parsed.error:
+        error = parsed.error
+    elif error is None and not parsed.done:
+        error = "stream ended without [DONE]"
+    elif error is None and not parsed.token_times:
+        error = "no tokens in stream"
+    if error is not None:
+        record.status, record.error = FAILED, error
     return record

@@ -41,6 +41,7 @@ def base_url(endpoint: str) -> str:
 
 
 def headers(cfg: ClientConfig) -> dict[str, str]:
+    """JSON content type plus the bearer token when there is one."""
     out = {"Content-Type": "application/json"}
     if cfg.api_key:
         out["Authorization"] = f"Bearer {cfg.api_key}"

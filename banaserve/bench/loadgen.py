@@ -49,6 +49,8 @@ class RateCheck:
 
 @dataclass(slots=True)
 class RunOutput:
+    """Records of one run, whether the rate held, and what was used."""
+
     records: list[RequestRecord]
     rate_check: RateCheck
     model: str

@@ -76,6 +76,8 @@ def capacity_line(rates: list[float], attainments: list[float], threshold: float
 
 
 def format_table(points: list[SweepPoint]) -> str:
+    """rate, attainment %, goodput, P99 TTFT, mean TPOT and failures, one row per rate."""
+
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 

@@ -10,7 +10,6 @@ ratio; the last line is the headline ratio.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import sys
@@ -22,16 +21,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from banaserve import LLM, SamplingParams  # noqa: E402
+from banaserve.bench.traces import load_trace  # noqa: E402
 from banaserve.models.config import ModelConfig  # noqa: E402
 from banaserve.models.make_model import make_model  # noqa: E402
 
-TRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "traces",
-                     "azure_llm_2023_conv.csv")
 
-
-def trace_lengths(path: str, n: int, max_in: int, max_out: int, seed: int) -> list[tuple[int, int]]:
-    with open(path) as f:
-        rows = [(int(r["ContextTokens"]), int(r["GeneratedTokens"])) for r in csv.DictReader(f)]
+def trace_lengths(trace_file: str | None, n: int, max_in: int, max_out: int, seed: int) -> list[tuple[int, int]]:
+    trace = load_trace("azure-conv", trace_file)
+    rows = list(zip(trace.input_len.tolist(), trace.output_len.tolist()))
     rng = random.Random(seed)
     return [(max(1, min(i, max_in)), max(1, min(o, max_out))) for i, o in rng.sample(rows, n)]
 
@@ -76,15 +73,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
     ap.add_argument("--hf-batch-size", type=int, default=16)
-    ap.add_argument("--trace-file", default=os.environ.get("BANASERVE_TRACE_CONV", TRACE))
+    ap.add_argument("--trace-file", default=None, help="default: azure-conv from ../shared/traces")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="32 requests clipped to 256 in / 64 out")
     args = ap.parse_args()
     if args.quick:
         args.num_requests, args.max_input, args.max_output = 32, 256, 64
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if not os.path.isfile(args.trace_file):
-        sys.exit(f"trace not found: {args.trace_file} (use --trace-file)")
     lengths = trace_lengths(args.trace_file, args.num_requests, args.max_input, args.max_output, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = make_model("llama", args.preset, 0, os.path.join(tmp, "model"))

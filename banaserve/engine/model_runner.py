@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from banaserve.engine.sampler import sample
@@ -93,7 +94,17 @@ class ModelRunner:
 
 def allocate_kv_caches(num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
                        head_dim: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer."""
-    return [torch.zeros(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
-            for _ in range(num_layers)]
+    """One zeroed [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer.
+
+    Zeroed because padded decode attention reads (masked) unused slots, and garbage NaNs there
+    would poison the output. On CPU the memory comes from calloc'd numpy pages, which the OS
+    zeroes lazily, instead of torch.zeros' eager memset of gigabytes.
+    """
+    shape = (2, num_blocks, block_size, num_kv_heads, head_dim)
+    if device.type != "cpu":
+        return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    if dtype == torch.bfloat16:  # numpy has no bfloat16: same-width int16 zeros, reinterpreted
+        return [torch.from_numpy(np.zeros(shape, dtype=np.int16)).view(torch.bfloat16) for _ in range(num_layers)]
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+    return [torch.from_numpy(np.zeros(shape, dtype=np_dtype)) for _ in range(num_layers)]
 

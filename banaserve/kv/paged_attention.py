@@ -42,8 +42,8 @@ def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values [ctx_len, Hkv, D] of one sequence, in token order."""
     h, d = kv_cache.shape[-2:]
-    k = kv_cache[0, block_table].reshape(-1, h, d)[:ctx_len]
-    v = kv_cache[1, block_table].reshape(-1, h, d)[:ctx_len]
+    k = kv_cache[0].index_select(0, block_table).view(-1, h, d)[:ctx_len]
+    v = kv_cache[1].index_select(0, block_table).view(-1, h, d)[:ctx_len]
     return k, v
 
 
@@ -71,8 +71,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
     if n:
         h, d = kv_cache.shape[-2:]
         bt = meta.decode_block_tables
-        kd = kv_cache[0, bt].reshape(bt.shape[0], -1, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
-        vd = kv_cache[1, bt].reshape(bt.shape[0], -1, h, d).transpose(1, 2)
+        # index_select on the flat table: far faster than advanced indexing on CPU
+        kd = kv_cache[0].index_select(0, bt.view(-1)).view(bt.shape[0], -1, h, d).transpose(1, 2)
+        vd = kv_cache[1].index_select(0, bt.view(-1)).view(bt.shape[0], -1, h, d).transpose(1, 2)
         qd = q[-n:].unsqueeze(2)  # [B, Hq, 1, D]
         o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=True)
         out[-n:] = o.squeeze(2)

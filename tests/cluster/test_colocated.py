@@ -1,16 +1,18 @@
 """Colocated cluster (2 unified instances): token-identical to offline, aborts leak nothing."""
 
 import asyncio
+import os
+import signal
 
 import pytest
-from cluster_harness import Harness, assert_matches, cluster_config
 
 from banaserve.engine.sampling_params import SamplingParams
+from tests.cluster.cluster_harness import Harness, assert_matches, cluster_config
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model):
-    h = Harness(cluster_config(tiny_model, mode="colocated", instances=2))
+def cluster(tiny_llama):
+    h = Harness(cluster_config(tiny_llama, mode="colocated", instances=2))
     yield h
     h.close()
 
@@ -47,3 +49,30 @@ def test_validate_rejects_impossible_requests(cluster):
     with pytest.raises(ValueError):
         c.validate([], SamplingParams(max_tokens=4))
     c.validate([5, 6, 7], SamplingParams(max_tokens=4))
+
+
+def test_instance_killed_mid_run(cluster, workload):
+    """kill -9 one instance while it streams: its requests continue on the other, identical."""
+    client = cluster.client
+    killed: list[int] = []
+
+    async def one(i: int):
+        rid = f"k{i}"
+        outs = []
+        async for out in client.generate(rid, workload.prompts[i], workload.params[i]):
+            outs.append(out)
+            t = client.router.requests.get(rid)
+            if not killed and t is not None and len(t.generated) >= 2:
+                killed.append(t.run_idx)
+                os.kill(client.view.get(t.run_idx).pid, signal.SIGKILL)
+        return outs
+
+    async def run():
+        return await asyncio.gather(*[one(i) for i in range(len(workload.prompts))])
+
+    results = cluster.run(run())
+    assert killed
+    assert_matches(workload, results)
+    state = client.cluster_state()
+    assert not state["instances"][killed[0]]["alive"] and state["router"]["retries"] >= 1
+    assert set(cluster.used_blocks().values()) == {0}

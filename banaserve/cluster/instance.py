@@ -23,7 +23,7 @@ from banaserve.cluster import messages as m
 from banaserve.cluster.decode_side import DecodeSide
 from banaserve.cluster.pd_connector import PushConnector
 from banaserve.cluster.stats import LoadMeter, StatsPublisher
-from banaserve.engine.kv_connector import add_request_with_history, install_kv_caches
+from banaserve.engine.kv_connector import add_request_with_history, install_kv_caches, prime_detokenizer
 from banaserve.engine.llm_engine import LLMEngine
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.tokenizer import IncrementalDetokenizer
@@ -197,7 +197,7 @@ class Instance:
         else:
             # the text delta the decode side's primed detokenizer will continue from
             detok = IncrementalDetokenizer(self.engine.tokenizer)
-            detok.add(po.history)
+            prime_detokenizer(detok, po.history)
             before = len(detok.text)
             detok.add(o.new_token_ids)
             out = m.Out(o.request_id, o.new_token_ids, detok.text[before:], False, None, None,

@@ -88,8 +88,7 @@ class ClusterClient:
         tag = uuid.uuid4().hex[:8]
         try:
             for idx, role in enumerate(cfg.roles()):
-                shm = shm_kv.segment_name(os.getpid(), f"{tag}-i{idx}") \
-                    if role == "decode" and cfg.transfer == "shm" else None
+                shm = shm_kv.segment_name(os.getpid(), f"{tag}-i{idx}") if role == "decode" else None
                 if shm:
                     self.shm_names[idx] = shm
                 self.view.instances[idx] = InstanceStats(idx, role, alive=False)
@@ -305,10 +304,10 @@ class ClusterClient:
                 fut.set_result(None)
         if idx in self.shm_names:
             shm_kv.unlink(self.shm_names[idx])
-        addr = self.peers[idx].transfer_addr if idx in self.peers else None
-        if addr:
+        hello = self.peers.get(idx)
+        for addr in (hello.shm_addr, hello.tcp_addr) if hello else ():
             for other, s in self.view.instances.items():
-                if s.alive and s.role == "prefill":
+                if addr and s.alive and s.role == "prefill":
                     self._send(other, m.DropPeer(addr))
 
 

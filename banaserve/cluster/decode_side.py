@@ -25,6 +25,7 @@ class Reservation:
     token_ids: list[int]  # tokens whose KV the transfer brings (prompt + earlier output)
     blocks: list[int]
     skip_tokens: int
+    tcp: bool  # arrives over TCP (wait for the receiver) rather than written into shared memory
 
 
 @dataclass(slots=True)
@@ -34,7 +35,7 @@ class PendingAdmit:
 
 
 class DecodeSide:
-    """Reservations of one instance. `receiver` is set for TCP (None: peers write shared memory)."""
+    """Reservations of one instance; `receiver` takes the TCP ones (shm ones are written directly)."""
 
     def __init__(self, engine: LLMEngine, receiver: TcpKVReceiver | None, admit_wait_s: float):
         self.engine = engine
@@ -51,8 +52,9 @@ class DecodeSide:
         """Hold blocks for `m.token_ids`; not ok when short of room (the router retries later)."""
         e, blocks = self.engine, self.engine.blocks
         n = len(m.token_ids)
+        tcp = m.kind == "tcp"
         if (m.tid in self.reservations or m.rid in e.requests or m.rid in blocks.block_tables
-                or not 0 < n < e.max_model_len):
+                or not 0 < n < e.max_model_len or (tcp and self.receiver is None)):
             return Reserved(m.tid, False)
         cached, keys = blocks.find_cached_prefix(m.token_ids)
         need = blocks.blocks_for(n) - len(cached)
@@ -61,9 +63,9 @@ class DecodeSide:
         if blocks.num_free_blocks - need < headroom or not blocks.allocate(m.rid, n, cached, keys):
             return Reserved(m.tid, False)
         table = list(blocks.block_tables[m.rid])
-        r = Reservation(m.tid, m.rid, list(m.token_ids), table, len(cached) * blocks.block_size)
+        r = Reservation(m.tid, m.rid, list(m.token_ids), table, len(cached) * blocks.block_size, tcp)
         self.reservations[m.tid] = r
-        if self.receiver is not None:
+        if tcp:
             self.receiver.expect(m.tid, table, len(cached))
         return Reserved(m.tid, True, table, r.skip_tokens)
 
@@ -72,7 +74,7 @@ class DecodeSide:
         r = self.reservations.pop(tid, None)
         if r is None:
             return
-        if self.receiver is not None:
+        if r.tcp:
             self.receiver.forget(tid)  # after this no late frame can write the blocks
         self.engine.blocks.free(r.rid)
 
@@ -89,7 +91,7 @@ class DecodeSide:
         if not m.history or m.prompt + m.history[:-1] != r.token_ids:
             self.release(m.tid)
             return AdmitFailed(m.tid, m.rid, "admitted tokens differ from the reserved ones")
-        if self.receiver is not None:
+        if r.tcp:
             self.pending[m.tid] = PendingAdmit(m, time.monotonic() + self.admit_wait_s)
             return self._try_pending(m.tid)
         return self._start(r, m)
@@ -111,7 +113,7 @@ class DecodeSide:
 
     def _start(self, r: Reservation, m: Admit) -> AdmitFailed | None:
         del self.reservations[r.tid]
-        if self.receiver is not None:
+        if r.tcp:
             self.receiver.forget(r.tid)
         try:
             add_request_with_history(self.engine, m.rid, m.prompt, m.params, m.history,

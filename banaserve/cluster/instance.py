@@ -23,7 +23,7 @@ from banaserve.cluster import messages as m
 from banaserve.cluster.decode_side import DecodeSide
 from banaserve.cluster.pd_connector import PushConnector
 from banaserve.cluster.stats import LoadMeter, StatsPublisher
-from banaserve.engine.kv_connector import add_request_with_history, install_kv_caches
+from banaserve.engine.kv_connector import add_request_with_history, install_kv_caches, prime_detokenizer
 from banaserve.engine.llm_engine import LLMEngine
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.tokenizer import IncrementalDetokenizer
@@ -53,15 +53,13 @@ class Instance:
         self.segment: ShmKVSegment | None = None
         self.receiver: TcpKVReceiver | None = None
         self.connector: PushConnector | None = None
-        transfer_addr = None
-        if spec.role == "decode" and spec.transfer == "shm":
-            self.segment = ShmKVSegment.create(spec.shm_name, KVLayout.of(e.fingerprint, kv))
-            install_kv_caches(e, self.segment.tensors)
-            transfer_addr = spec.shm_name
-        elif spec.role == "decode":
-            self.receiver = TcpKVReceiver(KVLayout.of(e.fingerprint, kv), kv,
+        if spec.role == "decode":
+            # reachable both ways: peers on this host write the shared cache, others send over TCP
+            if spec.shm_name:
+                self.segment = ShmKVSegment.create(spec.shm_name, KVLayout.of(e.fingerprint, kv))
+                install_kv_caches(e, self.segment.tensors)
+            self.receiver = TcpKVReceiver(KVLayout.of(e.fingerprint, kv), e.runner.kv_caches,
                                           e.blocks.blocks_for(e.max_model_len), spec.transfer_host)
-            transfer_addr = self.receiver.addr
         self.layout = KVLayout.of(e.fingerprint, e.runner.kv_caches)
         if spec.role == "prefill":
             self.connector = PushConnector(e.runner.kv_caches, self.layout)
@@ -84,7 +82,8 @@ class Instance:
                                         lambda: self._snapshot, self._parent_alive)
         mc = e.model_config
         self.send(m.Hello(spec.instance_id, spec.role, os.getpid(), self.layout,
-                          spec.transfer if transfer_addr else None, transfer_addr, e.max_model_len,
+                          self.segment.name if self.segment else None,
+                          self.receiver.addr if self.receiver else None, e.max_model_len,
                           mc.vocab_size, list(mc.eos_token_ids)))
 
     def send(self, msg) -> None:
@@ -198,7 +197,7 @@ class Instance:
         else:
             # the text delta the decode side's primed detokenizer will continue from
             detok = IncrementalDetokenizer(self.engine.tokenizer)
-            detok.add(po.history)
+            prime_detokenizer(detok, po.history)
             before = len(detok.text)
             detok.add(o.new_token_ids)
             out = m.Out(o.request_id, o.new_token_ids, detok.text[before:], False, None, None,

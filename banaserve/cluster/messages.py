@@ -41,11 +41,12 @@ class Add(msgspec.Struct, tag="add"):
 
 
 class Reserve(msgspec.Struct, tag="reserve"):
-    """Decode side: hold blocks for `num_tokens` tokens of `token_ids` for transfer `tid`."""
+    """Decode side: hold blocks for the KV of `token_ids`, to arrive over `kind` as transfer `tid`."""
 
     tid: int
     rid: str
     token_ids: list[int]
+    kind: str = "shm"  # shm | tcp
 
 
 class Admit(msgspec.Struct, tag="admit"):
@@ -93,8 +94,8 @@ class Hello(msgspec.Struct, tag="hello"):
     role: str
     pid: int
     layout: KVLayout
-    transfer_kind: str | None  # how peers push into this instance, if they can
-    transfer_addr: str | None
+    shm_addr: str | None  # segment name peers on this host push into (decode instances)
+    tcp_addr: str | None  # tcp://host:port of the KV receiver (decode instances)
     max_model_len: int
     vocab_size: int
     eos_token_ids: list[int]

@@ -124,7 +124,7 @@ class Router:
             return self._run_on(t, pick)
         p, d = least_loaded(self.view, "prefill"), least_loaded(self.view, "decode")
         local, t.local = t.local, False
-        if d is None or p is None or local or self.peers[d].transfer_addr is None:
+        if d is None or p is None or local or self._push_addr(d) is None:
             return self._run_on(t, d if d is not None else p)
         self._reserve(t, d)
 
@@ -141,7 +141,12 @@ class Router:
         t.deadline = self.clock() + self.config.lease_timeout_s
         self.by_tid[tid] = t
         self._load(t, d, 0)
-        self.send(d, m.Reserve(tid, t.aid, t.prompt + t.generated))
+        self.send(d, m.Reserve(tid, t.aid, t.prompt + t.generated, self.config.transfer))
+
+    def _push_addr(self, d: int) -> str | None:
+        """Where prefill instances push into decode instance `d` over the configured channel."""
+        hello = self.peers[d]
+        return hello.shm_addr if self.config.transfer == "shm" else hello.tcp_addr
 
     def _cancel(self, t: Tracked, redispatch: bool) -> None:
         """Stop the prefill side; its blocks on the decode side are released when it acknowledges."""
@@ -183,8 +188,7 @@ class Router:
         t.stage, t.p_idx = "prefill", p
         self._load(t, p, len(t.prompt) + len(t.generated))
         self.counters.transfers_started += 1
-        hello = self.peers[idx]
-        push = m.PushSpec(r.tid, hello.transfer_kind, hello.transfer_addr, r.blocks, r.skip_tokens)
+        push = m.PushSpec(r.tid, self.config.transfer, self._push_addr(idx), r.blocks, r.skip_tokens)
         self.send(p, m.Add(t.aid, t.prompt, t.params, list(t.generated), push))
 
     def _on_prefilldone(self, idx: int, r: m.PrefillDone) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from banaserve.engine.request import Request, RequestStatus
 from banaserve.engine.sampling_params import SamplingParams
+from banaserve.engine.tokenizer import IncrementalDetokenizer
 
 if TYPE_CHECKING:
     from banaserve.engine.llm_engine import LLMEngine
@@ -69,7 +70,7 @@ def add_request_with_history(engine: LLMEngine, request_id: str, prompt_token_id
     req.all_token_ids.extend(history)
     if history:
         detok = engine.detokenizers[request_id]
-        detok.add(list(history))
+        prime_detokenizer(detok, history)
         engine.emitted_text[request_id] = len(detok.text)
     if num_computed_tokens:
         table = engine.blocks.block_tables.get(request_id)
@@ -83,6 +84,16 @@ def add_request_with_history(engine: LLMEngine, request_id: str, prompt_token_id
         engine.scheduler.add_running(req)
         engine.blocks.cache_computed(request_id, req.all_token_ids, num_computed_tokens)
     return req
+
+
+def prime_detokenizer(detok: IncrementalDetokenizer, token_ids: list[int]) -> None:
+    """Feed tokens one at a time, as the engine that produced them did, so the text matches theirs.
+
+    Decoding them in one go can differ at character boundaries from the token-by-token deltas
+    the client already received.
+    """
+    for t in token_ids:
+        detok.add([t])
 
 
 def install_kv_caches(engine: LLMEngine, caches: list[torch.Tensor]) -> None:

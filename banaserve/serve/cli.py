@@ -16,7 +16,7 @@ import sys
 
 import uvicorn
 
-from banaserve.cluster.engine_client import EngineClient, LocalEngineClient
+from banaserve.cluster.engine_client import EngineClient
 from banaserve.cluster.launch import build_engine_client
 from banaserve.serve.api_server import build_app
 from banaserve.serve.args import MODES, TRANSFERS, ServeArgs
@@ -31,11 +31,7 @@ def build_client(args: ServeArgs) -> EngineClient:
     One colocated instance runs in this process (no IPC, quickest start); anything else is the
     multi-process cluster: a router here, instance processes beside it.
     """
-    if args.mode == "colocated" and args.instances == 1:
-        return LocalEngineClient(args.engine_config(), name=args.served_model_name)
-    return build_engine_client(args.engine_config(), mode=args.mode, instances=args.instances,
-                               prefill=args.prefill, decode=args.decode, transfer=args.transfer,
-                               name=args.served_model_name)
+    return build_engine_client(args)
 
 
 def parse_args(argv: list[str]) -> ServeArgs:

@@ -53,21 +53,23 @@ def test_greedy_matches_offline_through_pd(disagg, offline_llm):
 
 
 def test_disconnect_frees_kv_on_every_instance(disagg):
-    body = {"model": disagg.model_name, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True,
-            "stream": True}
-    with httpx.Client(timeout=60) as http:
-        with http.stream("POST", disagg.base_url + "/v1/completions", json=body) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            next(line for line in lines if line.startswith("data: "))
-    deadline = time.monotonic() + 120  # a hang guard while the abort reaches the instances
-    while True:
-        state = instances(disagg)
-        if all(i["stats"]["num_running"] == 0 and i["stats"]["num_waiting"] == 0 for i in state):
-            break
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
-    assert [i["kv_blocks_used"] for i in state] == [0, 0]
+    body = {"model": disagg.model_name, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    for i in range(5):  # disconnects land at different points: prefill, transfer, decode
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", disagg.base_url + "/v1/completions",
+                             json={**body, "prompt": f"Once upon a time {i}"}) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                next(line for line in lines if line.startswith("data: "))
+        # quiet: no request queued, running, or holding a decode-side reservation for its transfer
+        deadline = time.monotonic() + 120  # a hang guard while the abort reaches the instances
+        while True:
+            state = instances(disagg)
+            if all(s["stats"][k] == 0 for s in state for k in ("num_running", "num_waiting", "num_reserved")):
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.05)
+        assert [s["kv_blocks_used"] for s in state] == [0, 0], state
 
 
 def test_sigterm_stops_every_instance_process(disagg):

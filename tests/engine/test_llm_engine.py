@@ -7,11 +7,12 @@ import pytest
 
 from banaserve import LLM, LLMEngine, SamplingParams
 from banaserve.engine.config import EngineConfig
+from tests.conftest import cuda_devices
 
 
-@pytest.fixture(scope="module")
-def llm(tiny_llama):
-    return LLM(tiny_llama, dtype="float32", device="cpu")
+@pytest.fixture(scope="module", params=cuda_devices())
+def llm(request, tiny_llama):
+    return LLM(tiny_llama, dtype="float32", device=request.param)
 
 
 def test_text_prompts_and_finish_reasons(llm):
@@ -57,8 +58,9 @@ def test_seeded_sampling_is_batch_independent(llm):
     assert mixed[1].token_ids == alone
 
 
-def test_abort_frees_blocks(tiny_llama):
-    engine = LLMEngine(EngineConfig(model=tiny_llama, device="cpu"))
+@pytest.mark.parametrize("device", cuda_devices())
+def test_abort_frees_blocks(tiny_llama, device):
+    engine = LLMEngine(EngineConfig(model=tiny_llama, device=device))
     engine.add_request("a", prompt_token_ids=list(range(1, 100)), params=SamplingParams(max_tokens=50))
     engine.add_request("b", prompt_token_ids=list(range(1, 40)), params=SamplingParams(max_tokens=50))
     engine.step()

@@ -8,7 +8,7 @@ import sys
 import time
 
 from banaserve.transfer.shm_kv import list_segments
-from tests.cluster.cluster_harness import WAIT_S
+from tests.cluster.cluster_harness import WAIT_S, running
 
 ROUTER_SCRIPT = """
 import asyncio, json, sys, time
@@ -26,15 +26,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie may wait a while for whoever reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_instances_exit_and_unlink_when_the_router_is_killed(tiny_llama):

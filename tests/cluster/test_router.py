@@ -4,7 +4,8 @@ import pytest
 
 from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
-from banaserve.cluster.router import Router, Tracked
+from banaserve.cluster.router import Router
+from banaserve.cluster.tracked import Tracked
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.policies.view import ClusterView, InstanceStats
 from banaserve.transfer.layout import KVLayout

@@ -61,3 +61,30 @@ def test_chunked_prefill_push_then_decode_matches_local(tiny_llama):
     finally:
         seg.close()
         seg.unlink()
+
+
+def test_connector_may_keep_blocks_of_finished_requests(tiny_llama):
+    """The scheduler-side hook: blocks stay held until the connector releases them."""
+    from banaserve.engine.kv_connector import KVConnector, release_blocks
+
+    class Keep(KVConnector):
+        def __init__(self):
+            self.layers: list[int] = []
+            self.kept: list[str] = []
+
+        def after_layer(self, layer: int) -> None:
+            self.layers.append(layer)
+
+        def request_finished(self, req) -> bool:
+            self.kept.append(req.request_id)
+            return True
+
+    e = engine(tiny_llama)
+    conn = Keep()
+    e.set_kv_connector(conn)
+    add_request_with_history(e, "k", list(range(3, 30)), SamplingParams(max_tokens=2, temperature=0.0), [])
+    run(e)
+    assert conn.kept == ["k"] and conn.layers[:4] == [0, 1, 2, 3]
+    assert e.blocks.num_used_blocks == 4  # 28 tokens of KV in blocks of 8, still held
+    release_blocks(e, "k")
+    assert e.blocks.num_used_blocks == 0

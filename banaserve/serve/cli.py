@@ -1,8 +1,9 @@
 """`banaserve serve`: start the engine backend, then the OpenAI-compatible HTTP server in front of it.
 
-Shutdown order on Ctrl-C / SIGTERM: uvicorn stops accepting, gives open requests
-`--graceful-shutdown-s` to finish (then cancels them, which aborts them in the engine), and
-only then is the engine client shut down (in the cluster: every instance process stopped).
+Shutdown order on Ctrl-C / SIGTERM: uvicorn stops accepting, open requests get
+`--graceful-shutdown-s` to finish (the rest are aborted in the engine and answered with
+finish_reason "abort"), and only then is the engine client shut down (in the cluster: every
+instance process stopped).
 """
 
 from __future__ import annotations
@@ -91,9 +92,34 @@ class _Server(uvicorn.Server):
             drain.cancel()
 
 
-async def serve(args: ServeArgs, client: EngineClient) -> None:
+async def start_client(client: EngineClient) -> bool:
+    """Start the backend (in the cluster: spawn instances, wait for their models to load).
+
+    SIGINT/SIGTERM during the start cancel it, so the instances already spawned are stopped
+    rather than orphaned. False if it did not start.
+    """
+    loop = asyncio.get_running_loop()
+    starting = asyncio.ensure_future(client.start())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, starting.cancel)
+    try:
+        await starting
+        return True
+    except asyncio.CancelledError:
+        logger.info("interrupted while starting the engine backend")
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        logger.error("the engine backend failed to start: %s", exc)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    await client.shutdown()
+    return False
+
+
+async def serve(args: ServeArgs, client: EngineClient) -> int:
     """Run until SIGINT/SIGTERM, then stop the HTTP server and the engine client, in that order."""
-    await client.start()
+    if not await start_client(client):
+        return 1
     state = None
     try:
         state = ServerState.create(client, args)
@@ -111,6 +137,7 @@ async def serve(args: ServeArgs, client: EngineClient) -> None:
         logger.info("shutting down the engine client")
         await client.shutdown()
         logger.info("engine client stopped")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -123,5 +150,4 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # bad flags or a model that cannot be loaded: a message, not a traceback
         print(f"banaserve serve: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(args, client))
-    return 0
+    return asyncio.run(serve(args, client))

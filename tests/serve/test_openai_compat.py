@@ -60,6 +60,11 @@ def test_token_id_prompts_match_offline(server, client, offline_llm):
                                   extra_body=NO_EOS, **GREEDY)
     assert r.choices[0].text == expected[1].text
     assert r.usage.prompt_tokens == 3
+    # and a list holding one text prompt
+    ref = offline(offline_llm, [PROMPTS[2]], max_tokens=10)[0]
+    r = client.completions.create(model=server.model_name, prompt=[PROMPTS[2]], max_tokens=10,
+                                  extra_body=NO_EOS, **GREEDY)
+    assert r.choices[0].text == ref.text
 
 
 def test_streaming_completion_matches_offline(server, client, offline_llm):

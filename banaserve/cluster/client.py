@@ -30,7 +30,8 @@ from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.engine_client import ModelInfo
 from banaserve.cluster.procs import spawn_instance, stop_processes
-from banaserve.cluster.router import Router, Tracked
+from banaserve.cluster.router import Router
+from banaserve.cluster.tracked import Tracked
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.models.config import ModelConfig

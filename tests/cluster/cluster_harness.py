@@ -94,6 +94,15 @@ class Harness:
         assert not set(segments) & set(list_segments(os.getpid())), "shared-memory segment leaked"
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait a while for whoever reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def cluster_config(model: str, **kw) -> ClusterConfig:
     return ClusterConfig(engine=EngineConfig(model=model, **ENGINE), torch_threads=1, **kw)
 

@@ -4,7 +4,8 @@ import pytest
 
 from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
-from banaserve.cluster.router import Router, Tracked
+from banaserve.cluster.router import Router
+from banaserve.cluster.tracked import Tracked
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.policies.view import ClusterView, InstanceStats
 from banaserve.transfer.layout import KVLayout
@@ -147,3 +148,14 @@ def test_duplicate_request_id_is_refused():
     rig.submit("x")
     with pytest.raises(ValueError, match="in use"):
         rig.submit("x")
+
+
+def test_refused_handshake_falls_back_to_prefill_on_decode():
+    rig = Rig()
+    t, reserve, add = rig.prefilling()
+    d = t.d_idx
+    rig.router.on_message(0, m.PrefillDone(add.rid, reserve.tid, False, "TransferRefused: layout"))
+    (i, release), (j, again) = rig.take()
+    assert (i, release) == (d, m.Release(reserve.tid))
+    assert j == d and isinstance(again, m.Add) and again.push is None and again.history == []
+    assert rig.router.counters.transfers_failed == 1

@@ -101,9 +101,9 @@ def run(args: argparse.Namespace, argv: list[str], wl: WorkloadConfig, setup: Si
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     prompts = PromptBuilder(PromptConfig(args.vocab_size, args.seed))
     sim = Simulator(setup.cluster, setup.instance, setup.cost, prompts)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     records = sim.run(specs)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     summary = summarize(records, slo)
     rate_check = check_rate(records, wl.rate if wl.rate is not None and math.isfinite(wl.rate) else None)
     meta = {
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, argv: list[str], wl: WorkloadConfig, setup: Si
             "cluster": cluster_text(setup), "mode": setup.cluster.mode, "hardware": setup.hardware_name,
             "cost_model": setup.cost_kind, "tp": setup.tp, "instance": asdict(setup.instance),
             "link_gbps": args.link_gbps, "link_latency_us": args.link_latency_us,
-            "routing": setup.cluster.routing, "wall_s": round(wall, 3), "events": sim.num_events,
+            "routing": setup.cluster.routing, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "events": sim.num_events,
             "requests_per_wall_s": round(len(specs) / wall, 1) if wall > 0 else None,
             "instances": sim.instance_summary(),
         },
@@ -128,8 +129,8 @@ def run(args: argparse.Namespace, argv: list[str], wl: WorkloadConfig, setup: Si
     if args.out:
         write_result(args.out, records, summary, meta)
     print(format_summary(summary))
-    print(f"simulated {len(specs)} requests ({cluster_text(setup)}, {setup.cost_kind}) in {wall:.2f} s wall "
-          f"({len(specs) / max(wall, 1e-9):.0f} req/s, {sim.num_events} events)")
+    print(f"simulated {len(specs)} requests ({cluster_text(setup)}, {setup.cost_kind}) in {wall:.2f} s wall, "
+          f"{cpu:.2f} s CPU ({len(specs) / max(wall, 1e-9):.0f} req/s, {sim.num_events} events)")
     if args.out:
         print(f"wrote {args.out}")
     return 0

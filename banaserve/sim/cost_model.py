@@ -41,26 +41,26 @@ class BatchShape:
 
 def batch_shape(batch: ScheduledBatch) -> BatchShape:
     """Aggregate a scheduled batch before it is committed (num_computed_tokens is the chunk start)."""
-    s = BatchShape()
+    # locals and len() instead of properties: this runs once per simulated step
+    p_tokens = p_seqs = p_pairs = p_ctx = p_max = d_seqs = d_ctx = d_max = sampled = 0
     for req, n in zip(batch.requests, batch.num_tokens, strict=True):
         start = req.num_computed_tokens
         end = start + n
         if n > 1:
-            s.prefill_tokens += n
-            s.prefill_seqs += 1
-            # query i (0-based) of the chunk sees start + i + 1 keys
-            s.prefill_pairs += n * start + n * (n + 1) // 2
-            s.prefill_ctx += end
-            if n > s.prefill_max_tokens:
-                s.prefill_max_tokens = n
+            p_tokens += n
+            p_seqs += 1
+            p_pairs += n * start + n * (n + 1) // 2  # query i of the chunk sees start + i + 1 keys
+            p_ctx += end
+            if n > p_max:
+                p_max = n
         else:
-            s.decode_seqs += 1
-            s.decode_ctx += end
-            if end > s.decode_max_ctx:
-                s.decode_max_ctx = end
-        if end == req.num_tokens:
-            s.sampled += 1
-    return s
+            d_seqs += 1
+            d_ctx += end
+            if end > d_max:
+                d_max = end
+        if end == len(req.all_token_ids):
+            sampled += 1
+    return BatchShape(p_tokens, p_seqs, p_pairs, p_ctx, p_max, d_seqs, d_ctx, d_max, sampled)
 
 
 class CostModel(Protocol):
@@ -98,6 +98,7 @@ class RooflineCostModel:
         self.lm_head_flops_per_row = 2 * model.vocab_size * h / tp
         self.hidden_bytes_per_token = h * b
         self.L = model.num_layers
+        self._base: dict[tuple[int, int], float] = {}  # (tokens, sampled) -> base_time
 
     def _roof(self, flops: float, nbytes: float) -> float:
         return max(flops / self.flops_rate, nbytes / self.byte_rate)
@@ -110,31 +111,43 @@ class RooflineCostModel:
         moved = 2 * (self.tp - 1) / self.tp * num_tokens * self.hidden_bytes_per_token
         return hw.allreduce_latency_s + moved / (hw.interconnect_bandwidth * hw.interconnect_efficiency)
 
-    def layer_time(self, s: BatchShape) -> float:
-        """One decoder layer."""
-        t = s.num_tokens
+    def dense_layer_time(self, num_tokens: int) -> float:
+        """The parts of one layer that depend only on the token count: matmuls, KV writes, TP."""
+        t = num_tokens
         linear = self._roof(t * self.linear_flops_per_token,
                             self.linear_weight_bytes + t * self.act_bytes_per_token)
-        prefill = 0.0
-        if s.prefill_seqs:
-            prefill = self._roof(s.prefill_pairs * self.attn_flops_per_pair,
-                                 s.prefill_ctx * self.kv_token_layer_bytes
-                                 + s.prefill_tokens * self.q_bytes_per_token)
-        decode = 0.0
-        if s.decode_seqs:
-            decode = self._roof(s.decode_ctx * self.attn_flops_per_pair,
-                                s.decode_ctx * self.kv_token_layer_bytes
-                                + s.decode_seqs * self.q_bytes_per_token)
         kv_write = t * self.kv_token_layer_bytes / self.byte_rate
-        return linear + prefill + decode + kv_write + 2 * self.allreduce_time(t)
+        return linear + kv_write + 2 * self.allreduce_time(t)
+
+    def attention_layer_time(self, s: BatchShape) -> float:
+        """Attention of one layer: prefill chunks (causal pairs) and decodes (one query each)."""
+        t = 0.0
+        if s.prefill_seqs:
+            kv_read = s.prefill_ctx * self.kv_token_layer_bytes
+            t += self._roof(s.prefill_pairs * self.attn_flops_per_pair,
+                            kv_read + s.prefill_tokens * self.q_bytes_per_token)
+        if s.decode_seqs:
+            kv_read = s.decode_ctx * self.kv_token_layer_bytes
+            t += self._roof(s.decode_ctx * self.attn_flops_per_pair,
+                            kv_read + s.decode_seqs * self.q_bytes_per_token)
+        return t
+
+    def base_time(self, num_tokens: int, sampled: int) -> float:
+        """Everything but attention: all layers' dense parts, the LM head and the step overhead."""
+        lm_head = 0.0
+        if sampled:
+            lm_head = self._roof(sampled * self.lm_head_flops_per_row, self.lm_head_weight_bytes)
+        return self.L * self.dense_layer_time(num_tokens) + lm_head + self.hw.step_overhead_s
 
     def step_time(self, s: BatchShape) -> float:
-        if s.num_tokens == 0:
+        t = s.prefill_tokens + s.decode_seqs
+        if t == 0:
             return 0.0
-        lm_head = 0.0
-        if s.sampled:
-            lm_head = self._roof(s.sampled * self.lm_head_flops_per_row, self.lm_head_weight_bytes)
-        return self.L * self.layer_time(s) + lm_head + self.hw.step_overhead_s
+        key = (t, s.sampled)
+        base = self._base.get(key)
+        if base is None:  # a step's shape repeats a lot: memoize the part that needs no context
+            base = self._base[key] = self.base_time(t, s.sampled)
+        return base + self.L * self.attention_layer_time(s)
 
     def kv_capacity_tokens(self) -> int:
         """Tokens of KV one instance holds: memory left on each GPU after its share of the weights."""

@@ -14,7 +14,7 @@ from banaserve.engine.request import Request, RequestStatus
 from banaserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from banaserve.kv.block_manager import BlockManager
 from banaserve.policies.view import DECODE, PREFILL, UNIFIED, InstanceStats
-from banaserve.sim.cost_model import BatchShape, CostModel, batch_shape
+from banaserve.sim.cost_model import CostModel, batch_shape
 
 OUTPUT_TOKEN = 1  # simulated tokens carry no meaning; any id works for the block hashes
 ROOT_HASH = b"banaserve-sim"
@@ -54,7 +54,6 @@ class SimInstance:
             max_model_len=cfg.max_model_len, enable_chunked_prefill=cfg.enable_chunked_prefill,
         ), self.blocks)
         self.batch: ScheduledBatch | None = None
-        self.shape: BatchShape | None = None
         self.step_start = 0.0
         self.busy_s = 0.0
         self.num_steps = 0
@@ -94,9 +93,8 @@ class SimInstance:
         if not batch.requests:
             return None
         self.batch = batch
-        self.shape = batch_shape(batch)
         self.step_start = now
-        return now + self.cost.step_time(self.shape)
+        return now + self.cost.step_time(batch_shape(batch))
 
     def end_step(self, now: float) -> list[Request]:
         """Commit the running step; returns the requests that computed their last token (sampled)."""
@@ -107,12 +105,14 @@ class SimInstance:
         self.last_step_s = now - self.step_start
         self.busy_s += self.last_step_s
         self.num_steps += 1
-        return [r for r in batch.requests if r.num_computed_tokens == r.num_tokens]
+        return [r for r in batch.requests if r.num_computed_tokens == len(r.all_token_ids)]
 
     def append_token(self, req: Request) -> bool:
         """Add a sampled token; finish the request (freeing its blocks) when it is done."""
-        req.all_token_ids.append(OUTPUT_TOKEN)
-        if req.num_output_tokens >= req.params.max_tokens or req.num_tokens >= self.cfg.max_model_len:
+        tokens = req.all_token_ids
+        tokens.append(OUTPUT_TOKEN)
+        n = len(tokens)
+        if n - len(req.prompt_token_ids) >= req.params.max_tokens or n >= self.cfg.max_model_len:
             self.scheduler.finish(req, "length")
             return True
         return False

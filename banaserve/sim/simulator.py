@@ -122,37 +122,61 @@ class Simulator:
 
     def run(self, specs: list[RequestSpec]) -> list[RequestRecord]:
         specs = sorted(specs, key=lambda s: s.arrival_s)
-        heap, inf = self.heap, math.inf
+        arrivals = [s.arrival_s for s in specs] + [math.inf]
+        heap, colocated = self.heap, self.cfg.mode == COLOCATED
         i, n = 0, len(specs)
         while True:
-            t_arrival = specs[i].arrival_s if i < n else inf
-            if heap and heap[0][0] < t_arrival:
+            if heap and heap[0][0] < arrivals[i]:
                 now, _, kind, obj = heapq.heappop(heap)
-                self.now = now
                 if kind == STEP_END:
                     self._step_end(obj, now)  # type: ignore[arg-type]
                 else:
                     self._kv_arrived(obj, now)  # type: ignore[arg-type]
             elif i < n:
-                now = self.now = t_arrival
+                now = arrivals[i]
                 self._arrive(specs[i], now)
                 i += 1
             else:
                 break
             self.num_events += 1
+            if now > self.now:
+                self.now = now
             if self.kicked:
-                t_next = min(heap[0][0] if heap else inf, specs[i].arrival_s if i < n else inf)
+                t_next = heap[0][0] if heap else math.inf
+                if arrivals[i] < t_next:
+                    t_next = arrivals[i]
                 if t_next > now:
-                    self._start_kicked(now)
+                    # Colocated instances touch only their own state when a step ends, and only an
+                    # arrival (routing) reads or changes them: steps ending before the next arrival
+                    # can run back to back without the heap. Disaggregated instances interact at
+                    # any event, so every step goes through the heap.
+                    self._start_kicked(now, arrivals[i] if colocated else now)
         return self._records(specs)
 
-    def _start_kicked(self, now: float) -> None:
-        for inst in self.kicked.values():
-            if inst.batch is None:
-                end = inst.begin_step(now)
-                if end is not None:
-                    heapq.heappush(self.heap, (max(end, now), next(self.seq), STEP_END, inst))
+    def _start_kicked(self, now: float, horizon: float) -> None:
+        kicked = list(self.kicked.values())
         self.kicked.clear()
+        for inst in kicked:
+            if inst.batch is None:
+                self._run_steps(inst, now, horizon)
+
+    def _run_steps(self, inst: SimInstance, now: float, horizon: float) -> None:
+        """Start `inst`'s next step at `now`; run its steps that end before `horizon` right here."""
+        while True:
+            end = inst.begin_step(now)
+            if end is None:
+                return
+            if end < now:
+                end = now
+            if end >= horizon:
+                heapq.heappush(self.heap, (end, next(self.seq), STEP_END, inst))
+                return
+            self._step_end(inst, end)
+            self.kicked.pop(inst.id, None)
+            self.num_events += 1
+            if end > self.now:
+                self.now = end
+            now = end
 
     def _kick(self, inst: SimInstance) -> None:
         self.kicked[inst.id] = inst

@@ -10,13 +10,10 @@ from banaserve.policies.view import ClusterView, InstanceStats
 
 
 class RoundRobin:
-    """Cycles through the candidates in id order; keeps only a counter."""
+    """The position of a round-robin rotation, carried between calls of `round_robin`."""
 
     def __init__(self) -> None:
         self.next = 0
-
-    def __call__(self, view: ClusterView, num_prompt_tokens: int = 0) -> int:
-        return round_robin(view, self)
 
 
 def round_robin(view: ClusterView, state: RoundRobin) -> int:

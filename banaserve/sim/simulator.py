@@ -88,9 +88,10 @@ class Simulator:
     """Replays request specs on a simulated cluster and returns one RequestRecord per spec."""
 
     def __init__(self, cluster: ClusterConfig, instance_cfg: InstanceConfig, cost: CostModel,
-                 prompts: PromptBuilder, prefill_cost: CostModel | None = None):
+                 prompts: PromptBuilder, run_ahead: bool = True):
         cluster.validate()
         self.cfg = cluster
+        self.run_ahead = run_ahead and cluster.mode == COLOCATED
         self.prompts = prompts
         if cluster.mode == COLOCATED:
             self.unified = [SimInstance(i, UNIFIED, instance_cfg, cost) for i in range(cluster.num_instances)]
@@ -98,8 +99,7 @@ class Simulator:
             self.decode: list[SimInstance] = []
         else:
             self.unified = []
-            p_cost = prefill_cost or cost
-            self.prefill = [SimInstance(i, PREFILL, instance_cfg, p_cost) for i in range(cluster.num_prefill)]
+            self.prefill = [SimInstance(i, PREFILL, instance_cfg, cost) for i in range(cluster.num_prefill)]
             n = cluster.num_prefill
             self.decode = [SimInstance(n + i, DECODE, instance_cfg, cost) for i in range(cluster.num_decode)]
         self.instances = self.unified + self.prefill + self.decode
@@ -123,7 +123,7 @@ class Simulator:
     def run(self, specs: list[RequestSpec]) -> list[RequestRecord]:
         specs = sorted(specs, key=lambda s: s.arrival_s)
         arrivals = [s.arrival_s for s in specs] + [math.inf]
-        heap, colocated = self.heap, self.cfg.mode == COLOCATED
+        heap, run_ahead = self.heap, self.run_ahead
         i, n = 0, len(specs)
         while True:
             if heap and heap[0][0] < arrivals[i]:
@@ -150,7 +150,7 @@ class Simulator:
                     # arrival (routing) reads or changes them: steps ending before the next arrival
                     # can run back to back without the heap. Disaggregated instances interact at
                     # any event, so every step goes through the heap.
-                    self._start_kicked(now, arrivals[i] if colocated else now)
+                    self._start_kicked(now, arrivals[i] if run_ahead else now)
         return self._records(specs)
 
     def _start_kicked(self, now: float, horizon: float) -> None:

@@ -1,0 +1,139 @@
+"""Fidelity of the simulator against the real engine on this machine.
+
+profile (banaserve profile) -> live replay of a trace slice -> simulate the same slice with the
+profile -> errors of mean TTFT, mean TPOT and throughput, colocated (1 instance) and disagg (1P+1D).
+
+The live side is an in-process replay (benchmarks/live_replay.py) until `banaserve serve` exists:
+the same engines and scheduling, driven by the slice's arrival times in real time.
+
+    python benchmarks/sim_fidelity.py --out-dir results/fidelity            # ~15 min on 2 CPU cores
+    python benchmarks/sim_fidelity.py --quick --out-dir /tmp/fid             # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from banaserve.bench.metrics import SLO, summarize  # noqa: E402
+from banaserve.bench.prompts import PromptBuilder, PromptConfig  # noqa: E402
+from banaserve.bench.results import read_result, write_result  # noqa: E402
+from banaserve.bench.traces import default_slo_ms  # noqa: E402
+from banaserve.bench.workload import WorkloadConfig, build_specs, describe  # noqa: E402
+
+
+def workload_args(a: argparse.Namespace) -> list[str]:
+    out = ["--trace", a.trace, "--num-requests", str(a.num_requests), "--time-scale", str(a.time_scale),
+           "--length-scale", str(a.length_scale), "--seed", str(a.seed)]
+    for flag, value in (("--max-input", a.max_input), ("--max-output", a.max_output)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def banaserve(*argv: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "banaserve", *argv], check=True, env=env, cwd=ROOT)
+
+
+def engine(a: argparse.Namespace):
+    from banaserve.engine.config import EngineConfig
+    from banaserve.engine.llm_engine import LLMEngine
+
+    return LLMEngine(EngineConfig(model=a.model, device="cpu", seed=a.seed))
+
+
+def live(a: argparse.Namespace, mode: str, out: Path) -> float | None:
+    """Run the live replay; returns the measured KV copy bandwidth in Gbit/s (disagg)."""
+    import torch
+    from live_replay import DisaggReplay, replay_colocated
+
+    torch.set_num_threads(a.threads)
+    wl = WorkloadConfig(trace=a.trace, num_requests=a.num_requests, time_scale=a.time_scale,
+                        length_scale=a.length_scale, max_input=a.max_input, max_output=a.max_output,
+                        seed=a.seed)
+    specs = build_specs(wl)
+    prompts = PromptBuilder(PromptConfig(seed=a.seed))
+    gbps = None
+    if mode == "colocated":
+        records = replay_colocated(engine(a), specs, prompts)
+    else:
+        replay = DisaggReplay(engine(a), engine(a), prompts)
+        records = replay.run(specs)
+        gbps = replay.copy_bytes * 8 / replay.copy_s / 1e9 if replay.copy_s else None
+    slo = SLO(*default_slo_ms(a.trace))
+    meta = {"label": f"live in-process {mode}", "trace": a.trace, "arrival": describe(wl), "rate": None,
+            "num_requests": len(specs), "threads": a.threads, "kv_copy_gbps": gbps,
+            "rate_check": {"scheduled_rate": (len(specs) - 1) / max(specs[-1].arrival_s, 1e-9)}}
+    write_result(out, records, summarize(records, slo), meta)
+    return gbps
+
+
+def error(sim: float | None, ref: float | None) -> str:
+    if not sim or not ref:
+        return "-"
+    return f"{100 * (sim - ref) / ref:+.1f}%"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out-dir", default="results/fidelity")
+    p.add_argument("--model", default=None, help="checkpoint (default: the small default model)")
+    p.add_argument("--profile", default=None, help="reuse this profile instead of measuring one")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every engine")
+    p.add_argument("--trace", default="azure-conv")
+    p.add_argument("--num-requests", type=int, default=60)
+    p.add_argument("--time-scale", type=float, default=10.0, help="stretch recorded arrivals")
+    p.add_argument("--length-scale", type=float, default=0.5)
+    p.add_argument("--max-input", type=int, default=1536)
+    p.add_argument("--max-output", type=int, default=256)
+    p.add_argument("--modes", default="colocated,disagg")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small profile grid and 12 requests")
+    a = p.parse_args()
+    if a.quick:
+        a.num_requests = min(a.num_requests, 12)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.model is None:
+        from banaserve.models.make_model import default_model_path
+
+        a.model = default_model_path()
+    profile = a.profile or str(out / "profile.json")
+    if a.profile is None:
+        banaserve("profile", "--model", a.model, "--threads", str(a.threads), "--out", profile,
+                  *(["--quick"] if a.quick else []))
+    rows = []
+    for mode in a.modes.split(","):
+        live_path, sim_path = out / f"live_{mode}.json", out / f"sim_{mode}.json"
+        gbps = live(a, mode, live_path)
+        shape = ["--instances", "1"] if mode == "colocated" else ["--prefill", "1", "--decode", "1"]
+        link = ["--link-gbps", f"{gbps:.3f}", "--link-latency-us", "0"] if gbps else []
+        banaserve("simulate", *workload_args(a), "--hardware", profile, "--mode", mode, *shape, *link,
+                  "--label", f"sim {mode}", "--out", str(sim_path))
+        ref, sim = read_result(live_path).summary, read_result(sim_path).summary
+        rows.append((mode, ref, sim))
+    print(f"\n{'mode':<10} {'metric':<22} {'live':>10} {'sim':>10} {'error':>8}")
+    headline = []
+    for mode, ref, sim in rows:
+        for name, get in (("mean TTFT ms", lambda s: s["ttft_ms"]["mean"]),
+                          ("mean TPOT ms", lambda s: s["tpot_ms"]["mean"]),
+                          ("output tok/s", lambda s: s["output_throughput"]),
+                          ("requests/s", lambda s: s["request_throughput"])):
+            print(f"{mode:<10} {name:<22} {get(ref):>10.2f} {get(sim):>10.2f} {error(get(sim), get(ref)):>8}")
+        headline.append(f"{mode} TTFT {error(sim['ttft_ms']['mean'], ref['ttft_ms']['mean'])} "
+                        f"TPOT {error(sim['tpot_ms']['mean'], ref['tpot_ms']['mean'])} "
+                        f"tput {error(sim['output_throughput'], ref['output_throughput'])}")
+    print("fidelity (sim vs live): " + "; ".join(headline))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

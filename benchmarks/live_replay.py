@@ -23,6 +23,7 @@ from banaserve.bench.spec import RequestSpec
 from banaserve.engine.llm_engine import LLMEngine
 from banaserve.engine.request import RequestStatus
 from banaserve.engine.sampling_params import SamplingParams
+from banaserve.sim.cost_model import BatchShape, batch_shape
 
 
 def params(max_tokens: int) -> SamplingParams:
@@ -42,8 +43,29 @@ def note_tokens(rec: RequestRecord, t: float, n: int, finished: bool, total: int
         rec.end_s, rec.output_tokens = t, total
 
 
-def replay_colocated(engine: LLMEngine, specs: list[RequestSpec],
-                     prompts: PromptBuilder) -> list[RequestRecord]:
+class StepLog:
+    """Shape and measured duration of every step an engine runs (to check a cost model step by step)."""
+
+    def __init__(self, engine: LLMEngine):
+        self.steps: list[tuple[BatchShape, float]] = []
+        self.shape: BatchShape | None = None
+        schedule = engine.scheduler.schedule
+
+        def logged_schedule():
+            batch = schedule()
+            self.shape = batch_shape(batch) if batch.requests else None
+            return batch
+
+        engine.scheduler.schedule = logged_schedule  # the shape must be taken before commit
+
+    def done(self, seconds: float) -> None:
+        if self.shape is not None:
+            self.steps.append((self.shape, seconds))
+            self.shape = None
+
+
+def replay_colocated(engine: LLMEngine, specs: list[RequestSpec], prompts: PromptBuilder,
+                     log: StepLog | None = None) -> list[RequestRecord]:
     """Replay `specs` on one engine in real time."""
     todo = deque(sorted(specs, key=lambda s: s.arrival_s))
     records = {str(s.index): new_record(s) for s in specs}
@@ -57,17 +79,22 @@ def replay_colocated(engine: LLMEngine, specs: list[RequestSpec],
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, todo[0].arrival_s - (time.perf_counter() - t0)))
             continue
+        start = time.perf_counter()
         outputs = engine.step()
         t = time.perf_counter() - t0
+        if log is not None:
+            log.done(time.perf_counter() - start)
         for out in outputs:
             note_tokens(records[out.request_id], t, len(out.new_token_ids), out.finished, len(out.token_ids))
     return [records[str(s.index)] for s in specs]
 
 
-def locked_step(engine: LLMEngine, lock: threading.Lock, keep_tables: bool = False):
+def locked_step(engine: LLMEngine, lock: threading.Lock, keep_tables: bool = False,
+                log: StepLog | None = None):
     """LLMEngine.step with the scheduler and block pool touched only under `lock` (the forward runs
     outside it, so another thread can reserve blocks meanwhile). Returns (outputs, block tables of
     the requests that sampled, taken before a finish frees them)."""
+    start = time.perf_counter()
     with lock:
         batch = engine.scheduler.schedule()
         if not batch.requests:
@@ -82,6 +109,8 @@ def locked_step(engine: LLMEngine, lock: threading.Lock, keep_tables: bool = Fal
             if token is not None:
                 req.all_token_ids.append(token)
                 outputs.append(engine._advance(req, token))
+    if log is not None:
+        log.done(time.perf_counter() - start)
     return outputs, tables
 
 
@@ -90,6 +119,7 @@ class DisaggReplay:
 
     def __init__(self, prefill: LLMEngine, decode: LLMEngine, prompts: PromptBuilder):
         self.p, self.d, self.prompts = prefill, decode, prompts
+        self.p_log, self.d_log = StepLog(prefill), StepLog(decode)
         self.p_lock, self.d_lock = threading.Lock(), threading.Lock()
         self.p_wake, self.d_wake = threading.Event(), threading.Event()
         self.pending: deque[RequestSpec] = deque()  # waiting for decode blocks
@@ -149,7 +179,7 @@ class DisaggReplay:
                 self.p_wake.wait(0.05)
                 self.p_wake.clear()
                 continue
-            outputs, tables = locked_step(self.p, self.p_lock, keep_tables=True)
+            outputs, tables = locked_step(self.p, self.p_lock, keep_tables=True, log=self.p_log)
             t = self.now()
             for out in outputs:
                 rid, spec = out.request_id, self.specs[out.request_id]
@@ -199,7 +229,7 @@ class DisaggReplay:
                 self.d_wake.wait(0.05)
                 self.d_wake.clear()
                 continue
-            outputs, _ = locked_step(self.d, self.d_lock)
+            outputs, _ = locked_step(self.d, self.d_lock, log=self.d_log)
             t = self.now()
             finished = 0
             for out in outputs:

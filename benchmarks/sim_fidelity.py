@@ -50,10 +50,27 @@ def engine(a: argparse.Namespace):
     return LLMEngine(EngineConfig(model=a.model, device="cpu", seed=a.seed))
 
 
-def live(a: argparse.Namespace, mode: str, out: Path) -> float | None:
+def step_error(steps, profile: str) -> str:
+    """How well the profile predicts the live steps, for steps with a prefill chunk and decode-only
+    steps: the error of the predicted total time and the mean absolute error per step."""
+    from banaserve.sim.profile_table import ProfileCostModel, load_profile
+
+    cost = ProfileCostModel(load_profile(profile))
+    parts = []
+    for name, prefill in (("with prefill", True), ("decode-only", False)):
+        chosen = [(cost.step_time(shape), t) for shape, t in steps if (shape.prefill_tokens > 0) == prefill]
+        if not chosen:
+            continue
+        bias = sum(p for p, _ in chosen) / sum(t for _, t in chosen) - 1
+        mae = sum(abs(p - t) / t for p, t in chosen) / len(chosen)
+        parts.append(f"{name}: {len(chosen)} steps, total {100 * bias:+.1f}%, mean |err| {100 * mae:.1f}%")
+    return "; ".join(parts) or "no steps"
+
+
+def live(a: argparse.Namespace, mode: str, out: Path, profile: str) -> float | None:
     """Run the live replay; returns the measured KV copy bandwidth in Gbit/s (disagg)."""
     import torch
-    from live_replay import DisaggReplay, replay_colocated
+    from live_replay import DisaggReplay, StepLog, replay_colocated
 
     torch.set_num_threads(a.threads)
     wl = WorkloadConfig(trace=a.trace, num_requests=a.num_requests, time_scale=a.time_scale,
@@ -63,13 +80,20 @@ def live(a: argparse.Namespace, mode: str, out: Path) -> float | None:
     prompts = PromptBuilder(PromptConfig(seed=a.seed))
     gbps = None
     if mode == "colocated":
-        records = replay_colocated(engine(a), specs, prompts)
+        eng = engine(a)
+        log = StepLog(eng)
+        records = replay_colocated(eng, specs, prompts, log)
+        print(f"live colocated steps vs profile: {step_error(log.steps, profile)}", flush=True)
     else:
         replay = DisaggReplay(engine(a), engine(a), prompts)
         records = replay.run(specs)
         gbps = replay.copy_bytes * 8 / replay.copy_s / 1e9 if replay.copy_s else None
+        print(f"live prefill steps vs profile: {step_error(replay.p_log.steps, profile)}", flush=True)
+        print(f"live decode steps vs profile: {step_error(replay.d_log.steps, profile)}", flush=True)
     slo = SLO(*default_slo_ms(a.trace))
-    meta = {"label": f"live in-process {mode}", "trace": a.trace, "arrival": describe(wl), "rate": None,
+    print(f"load average after the live {mode} run: {os.getloadavg()}", flush=True)
+    meta = {"label": f"live in-process {mode}", "loadavg": os.getloadavg(), "trace": a.trace,
+            "arrival": describe(wl), "rate": None,
             "num_requests": len(specs), "threads": a.threads, "kv_copy_gbps": gbps,
             "rate_check": {"scheduled_rate": (len(specs) - 1) / max(specs[-1].arrival_s, 1e-9)}}
     write_result(out, records, summarize(records, slo), meta)
@@ -113,7 +137,7 @@ def main() -> int:
     rows = []
     for mode in a.modes.split(","):
         live_path, sim_path = out / f"live_{mode}.json", out / f"sim_{mode}.json"
-        gbps = live(a, mode, live_path)
+        gbps = live(a, mode, live_path, profile)
         shape = ["--instances", "1"] if mode == "colocated" else ["--prefill", "1", "--decode", "1"]
         link = ["--link-gbps", f"{gbps:.3f}", "--link-latency-us", "0"] if gbps else []
         banaserve("simulate", *workload_args(a), "--hardware", profile, "--mode", mode, *shape, *link,

@@ -67,7 +67,7 @@ class ProfileGrid:
                              "(raise --kv-cache-gb or shrink the grid)")
 
 
-DEFAULT_GRID = ProfileGrid([0, 32, 128, 512, 1024, 1920], [0, 1, 2, 4, 8, 16, 32, 64], [128, 512, 1024, 2048])
+DEFAULT_GRID = ProfileGrid([0, 32, 128, 512, 1024, 1920], [0, 1, 2, 4, 8, 16, 32], [128, 512, 1536])
 QUICK_GRID = ProfileGrid([0, 64, 512, 1536], [0, 1, 8, 32], [256, 1024], repeats=2, warmup=2)
 
 

@@ -3,6 +3,10 @@
 profile (banaserve profile) -> live replay of a trace slice -> simulate the same slice with the
 profile -> errors of mean TTFT, mean TPOT and throughput, colocated (1 instance) and disagg (1P+1D).
 
+Step times on a shared host drift by 10-20% over minutes, so by default the profile is measured
+before and after the live runs and the simulator uses their cellwise mean (errors with each of
+the two alone are printed too). Each live step is also checked against the profile directly.
+
 The live side is an in-process replay (benchmarks/live_replay.py) until `banaserve serve` exists:
 the same engines and scheduling, driven by the slice's arrival times in real time.
 
@@ -13,6 +17,7 @@ the same engines and scheduling, driven by the slice's arrival times in real tim
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,9 +43,9 @@ def workload_args(a: argparse.Namespace) -> list[str]:
     return out
 
 
-def banaserve(*argv: str) -> None:
+def banaserve(*argv: str, stdout=None) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "banaserve", *argv], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "banaserve", *argv], check=True, env=env, cwd=ROOT, stdout=stdout)
 
 
 def engine(a: argparse.Namespace):
@@ -67,8 +72,9 @@ def step_error(steps, profile: str) -> str:
     return "; ".join(parts) or "no steps"
 
 
-def live(a: argparse.Namespace, mode: str, out: Path, profile: str) -> float | None:
-    """Run the live replay; returns the measured KV copy bandwidth in Gbit/s (disagg)."""
+def live(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | None, dict[str, list]]:
+    """Run the live replay; returns the measured KV copy bandwidth in Gbit/s (disagg) and the step
+    logs (shape, seconds) of each engine."""
     import torch
     from live_replay import DisaggReplay, StepLog, replay_colocated
 
@@ -83,21 +89,32 @@ def live(a: argparse.Namespace, mode: str, out: Path, profile: str) -> float | N
         eng = engine(a)
         log = StepLog(eng)
         records = replay_colocated(eng, specs, prompts, log)
-        print(f"live colocated steps vs profile: {step_error(log.steps, profile)}", flush=True)
+        steps = {"colocated": log.steps}
     else:
+        sys.setswitchinterval(a.switch_interval)  # two engine threads: hand the GIL over quickly
         replay = DisaggReplay(engine(a), engine(a), prompts)
         records = replay.run(specs)
         gbps = replay.copy_bytes * 8 / replay.copy_s / 1e9 if replay.copy_s else None
-        print(f"live prefill steps vs profile: {step_error(replay.p_log.steps, profile)}", flush=True)
-        print(f"live decode steps vs profile: {step_error(replay.d_log.steps, profile)}", flush=True)
+        steps = {"prefill": replay.p_log.steps, "decode": replay.d_log.steps}
     slo = SLO(*default_slo_ms(a.trace))
-    print(f"load average after the live {mode} run: {os.getloadavg()}", flush=True)
     meta = {"label": f"live in-process {mode}", "loadavg": os.getloadavg(), "trace": a.trace,
-            "arrival": describe(wl), "rate": None,
-            "num_requests": len(specs), "threads": a.threads, "kv_copy_gbps": gbps,
+            "arrival": describe(wl), "rate": None, "num_requests": len(specs), "threads": a.threads,
+            "kv_copy_gbps": gbps,
             "rate_check": {"scheduled_rate": (len(specs) - 1) / max(specs[-1].arrival_s, 1e-9)}}
     write_result(out, records, summarize(records, slo), meta)
-    return gbps
+    print(f"live {mode} done, load average {os.getloadavg()}", flush=True)
+    return gbps, steps
+
+
+def mean_profile(paths: list[str], out: str) -> None:
+    """Cellwise mean of profiles measured with the same grid (before and after the live runs)."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    merged = docs[0]
+    cells = [d["step_time_s"] for d in docs]
+    merged["step_time_s"] = [[[sum(c[i][j][k] for c in cells) / len(cells) for k in range(len(row[j]))]
+                              for j in range(len(row))] for i, row in enumerate(cells[0])]
+    merged["meta"] = {**merged["meta"], "mean_of": paths}
+    Path(out).write_text(json.dumps(merged, indent=1))
 
 
 def error(sim: float | None, ref: float | None) -> str:
@@ -106,20 +123,35 @@ def error(sim: float | None, ref: float | None) -> str:
     return f"{100 * (sim - ref) / ref:+.1f}%"
 
 
+METRICS = (("mean TTFT ms", lambda s: s["ttft_ms"]["mean"]),
+           ("mean TPOT ms", lambda s: s["tpot_ms"]["mean"]),
+           ("output tok/s", lambda s: s["output_throughput"]),
+           ("requests/s", lambda s: s["request_throughput"]))
+
+
+def headline(ref: dict, sim: dict) -> str:
+    return (f"TTFT {error(sim['ttft_ms']['mean'], ref['ttft_ms']['mean'])} "
+            f"TPOT {error(sim['tpot_ms']['mean'], ref['tpot_ms']['mean'])} "
+            f"tput {error(sim['output_throughput'], ref['output_throughput'])}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default="results/fidelity")
     p.add_argument("--model", default=None, help="checkpoint (default: the small default model)")
-    p.add_argument("--profile", default=None, help="reuse this profile instead of measuring one")
+    p.add_argument("--profile", default=None, help="reuse this profile instead of measuring")
+    p.add_argument("--no-bracket", action="store_true",
+                   help="profile only before the live runs (default: before and after, sim uses the mean)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of every engine")
     p.add_argument("--trace", default="azure-conv")
     p.add_argument("--num-requests", type=int, default=60)
-    p.add_argument("--time-scale", type=float, default=10.0, help="stretch recorded arrivals")
+    p.add_argument("--time-scale", type=float, default=5.0, help="stretch recorded arrivals")
     p.add_argument("--length-scale", type=float, default=0.5)
     p.add_argument("--max-input", type=int, default=1536)
     p.add_argument("--max-output", type=int, default=256)
     p.add_argument("--modes", default="colocated,disagg")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--switch-interval", type=float, default=0.0005, help="sys.setswitchinterval, disagg")
     p.add_argument("--quick", action="store_true", help="small profile grid and 12 requests")
     a = p.parse_args()
     if a.quick:
@@ -130,32 +162,47 @@ def main() -> int:
         from banaserve.models.make_model import default_model_path
 
         a.model = default_model_path()
-    profile = a.profile or str(out / "profile.json")
-    if a.profile is None:
-        banaserve("profile", "--model", a.model, "--threads", str(a.threads), "--out", profile,
+
+    def measure_profile(path: str) -> str:
+        banaserve("profile", "--model", a.model, "--threads", str(a.threads), "--out", path, "--quiet",
                   *(["--quick"] if a.quick else []))
-    rows = []
-    for mode in a.modes.split(","):
-        live_path, sim_path = out / f"live_{mode}.json", out / f"sim_{mode}.json"
-        gbps = live(a, mode, live_path, profile)
+        return path
+
+    modes = a.modes.split(",")
+    if a.profile:
+        profiles = {"given": a.profile}
+    else:
+        profiles = {"before": measure_profile(str(out / "profile_before.json"))}
+    lives = {mode: live(a, mode, out / f"live_{mode}.json") for mode in modes}
+    if not a.profile and not a.no_bracket:
+        profiles["after"] = measure_profile(str(out / "profile_after.json"))
+        mean_profile([profiles["before"], profiles["after"]], str(out / "profile.json"))
+        profiles["mean"] = str(out / "profile.json")
+    main_profile = list(profiles)[-1]
+    results = {}
+    for mode in modes:
+        gbps, steps = lives[mode]
+        for role, log in steps.items():
+            print(f"live {role} steps vs {main_profile} profile: {step_error(log, profiles[main_profile])}")
         shape = ["--instances", "1"] if mode == "colocated" else ["--prefill", "1", "--decode", "1"]
         link = ["--link-gbps", f"{gbps:.3f}", "--link-latency-us", "0"] if gbps else []
-        banaserve("simulate", *workload_args(a), "--hardware", profile, "--mode", mode, *shape, *link,
-                  "--label", f"sim {mode}", "--out", str(sim_path))
-        ref, sim = read_result(live_path).summary, read_result(sim_path).summary
-        rows.append((mode, ref, sim))
-    print(f"\n{'mode':<10} {'metric':<22} {'live':>10} {'sim':>10} {'error':>8}")
-    headline = []
-    for mode, ref, sim in rows:
-        for name, get in (("mean TTFT ms", lambda s: s["ttft_ms"]["mean"]),
-                          ("mean TPOT ms", lambda s: s["tpot_ms"]["mean"]),
-                          ("output tok/s", lambda s: s["output_throughput"]),
-                          ("requests/s", lambda s: s["request_throughput"])):
-            print(f"{mode:<10} {name:<22} {get(ref):>10.2f} {get(sim):>10.2f} {error(get(sim), get(ref)):>8}")
-        headline.append(f"{mode} TTFT {error(sim['ttft_ms']['mean'], ref['ttft_ms']['mean'])} "
-                        f"TPOT {error(sim['tpot_ms']['mean'], ref['tpot_ms']['mean'])} "
-                        f"tput {error(sim['output_throughput'], ref['output_throughput'])}")
-    print("fidelity (sim vs live): " + "; ".join(headline))
+        for name, prof in profiles.items():
+            sim_path = out / f"sim_{mode}_{name}.json"
+            with open(out / "simulate.log", "a") as log_file:
+                banaserve("simulate", *workload_args(a), "--hardware", prof, "--mode", mode, *shape, *link,
+                          "--label", f"sim {mode}", "--out", str(sim_path), stdout=log_file)
+            results[mode, name] = read_result(sim_path).summary
+    print(f"\n{'mode':<10} {'metric':<14} {'live':>10} {'sim':>10} {'error':>8}"
+          f"   (sim with the {main_profile} profile)")
+    lines = []
+    for mode in modes:
+        ref, sim = read_result(out / f"live_{mode}.json").summary, results[mode, main_profile]
+        for name, get in METRICS:
+            print(f"{mode:<10} {name:<14} {get(ref):>10.2f} {get(sim):>10.2f} {error(get(sim), get(ref)):>8}")
+        for name in profiles:
+            print(f"  {mode} with the {name} profile: {headline(ref, results[mode, name])}")
+        lines.append(f"{mode} {headline(ref, sim)}")
+    print(f"fidelity (sim with the {main_profile} profile vs live): " + "; ".join(lines))
     return 0
 
 

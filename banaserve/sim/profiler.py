@@ -4,8 +4,9 @@ Each grid point is a step with one fresh prompt of P tokens plus B running decod
 timed around `LLMEngine.step()` so scheduling, input preparation, sampling and detokenization
 (the Python overhead a live engine pays every step) are included. Decodes are set up the way a
 decode instance receives a transferred request: blocks allocated, the prompt marked computed (the
-KV content is irrelevant to the time), one output token appended. The median of `repeats` steps
-is kept.
+KV content is irrelevant to the time), one output token appended. Each point keeps the mean of
+`repeats` steps: the simulator predicts mean latencies, and on a busy host the step times are
+skewed, so a median would be biased low.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ProfileGrid:
     prefill_tokens: list[int]
     decode_batch: list[int]
     context: list[int]
-    repeats: int = 3
+    repeats: int = 5
     warmup: int = 3
 
     def check(self, block_size: int, num_blocks: int, max_num_batched_tokens: int,
@@ -67,7 +68,8 @@ class ProfileGrid:
                              "(raise --kv-cache-gb or shrink the grid)")
 
 
-DEFAULT_GRID = ProfileGrid([0, 32, 128, 512, 1024, 1920], [0, 1, 2, 4, 8, 16, 32], [128, 512, 1536])
+DEFAULT_GRID = ProfileGrid([0, 32, 128, 256, 512, 1024, 1920], [0, 1, 2, 4, 8, 16, 32], [128, 512, 1536],
+                           repeats=5)
 QUICK_GRID = ProfileGrid([0, 64, 512, 1536], [0, 1, 8, 32], [256, 1024], repeats=2, warmup=2)
 
 
@@ -108,7 +110,7 @@ class Profiler:
         return time.perf_counter() - t0
 
     def measure(self, prefill: int, batch: int, context: int, repeats: int) -> float:
-        """Median seconds of a step with a `prefill`-token prompt and `batch` decodes at `context`."""
+        """Seconds of a step with a `prefill`-token prompt and `batch` decodes at `context`."""
         ids = self._start_decodes(batch, context)
         try:
             times = [self._timed_step(prefill) for _ in range(repeats)]
@@ -117,7 +119,7 @@ class Profiler:
                 self.engine.abort_request(rid)
             while self.engine.has_unfinished_requests():  # a prefill cut by the token budget
                 self.engine.step()
-        return statistics.median(times)
+        return statistics.fmean(times)
 
     def run(self, grid: ProfileGrid,
             progress: Callable[[str], None] | None = None) -> list[list[list[float]]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ROLES = ("unified", "prefill", "decode")
+UNIFIED, PREFILL, DECODE = "unified", "prefill", "decode"
+ROLES = (UNIFIED, PREFILL, DECODE)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,123 @@
+"""Measured step times (from `banaserve profile`) as a cost model: interpolation over a grid.
+
+The grid's axes are prefill tokens in the step (one fresh prompt chunk), decode batch size and
+decode context length. A step's time is interpolated multilinearly between grid points and
+extrapolated linearly past the last ones. Decode context is the longest one in the batch: the
+engine pads decode attention to it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from banaserve.sim.cost_model import BatchShape
+from banaserve.sim.model_configs import ModelSpec
+
+SCHEMA = "banaserve-profile/1"
+
+
+@dataclass(slots=True)
+class ProfileTable:
+    """step_time_s[i][j][k] = seconds of a step with prefill_tokens[i], decode_batch[j], context[k]."""
+
+    prefill_tokens: list[int]
+    decode_batch: list[int]
+    context: list[int]
+    step_time_s: list[list[list[float]]]
+    model: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields of the profiled model
+    engine: dict[str, Any] = field(default_factory=dict)  # engine settings it ran with
+    meta: dict[str, Any] = field(default_factory=dict)  # device, threads, date, ...
+
+    def validate(self) -> None:
+        axes = (("prefill_tokens", self.prefill_tokens), ("decode_batch", self.decode_batch),
+                ("context", self.context))
+        for name, axis in axes:
+            if len(axis) < 2 or any(b <= a for a, b in zip(axis[:-1], axis[1:], strict=True)) or axis[0] < 0:
+                raise ValueError(f"profile axis {name} must hold >= 2 increasing values >= 0")
+        if self.prefill_tokens[0] != 0 or self.decode_batch[0] != 0:
+            raise ValueError("profile axes prefill_tokens and decode_batch must start at 0")
+        t = self.step_time_s
+        shape_ok = len(t) == len(self.prefill_tokens) and all(
+            len(row) == len(self.decode_batch) and all(len(c) == len(self.context) for c in row) for row in t)
+        if not shape_ok:
+            raise ValueError("profile step_time_s does not match its axes")
+        if any(not (v >= 0) for row in t for col in row for v in col):
+            raise ValueError("profile step times must be numbers >= 0")
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(**self.model)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "meta": self.meta, "model": self.model, "engine": self.engine,
+                "axes": {"prefill_tokens": self.prefill_tokens, "decode_batch": self.decode_batch,
+                         "context": self.context},
+                "step_time_s": self.step_time_s}
+
+
+def is_profile(doc: object) -> bool:
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA
+
+
+def profile_from_json(doc: dict, where: str = "profile") -> ProfileTable:
+    try:
+        axes = doc["axes"]
+        table = ProfileTable(
+            prefill_tokens=[int(x) for x in axes["prefill_tokens"]],
+            decode_batch=[int(x) for x in axes["decode_batch"]],
+            context=[int(x) for x in axes["context"]],
+            step_time_s=[[[float(v) for v in col] for col in row] for row in doc["step_time_s"]],
+            model=dict(doc["model"]), engine=dict(doc.get("engine") or {}), meta=dict(doc.get("meta") or {}),
+        )
+        table.validate()
+        table.model_spec()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: bad profile: {e}") from None
+    return table
+
+
+def load_profile(path: str) -> ProfileTable:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read profile {path}: {e}") from None
+    if not is_profile(doc):
+        raise ValueError(f"{path} is not a profile from `banaserve profile` (schema {SCHEMA})")
+    return profile_from_json(doc, path)
+
+
+def _segment(axis: list[int], x: float) -> tuple[int, float]:
+    """(i, w): x = (1 - w) * axis[i] + w * axis[i + 1]; w < 0 or > 1 past the ends (extrapolation)."""
+    i = bisect.bisect_right(axis, x) - 1
+    i = min(max(i, 0), len(axis) - 2)
+    return i, (x - axis[i]) / (axis[i + 1] - axis[i])
+
+
+class ProfileCostModel:
+    """Step time interpolated from a ProfileTable."""
+
+    def __init__(self, table: ProfileTable):
+        table.validate()
+        self.table = table
+
+    def lookup(self, prefill_tokens: float, decode_batch: float, context: float) -> float:
+        t = self.table
+        i, wi = _segment(t.prefill_tokens, prefill_tokens)
+        j, wj = _segment(t.decode_batch, decode_batch)
+        k, wk = _segment(t.context, context)
+        v = t.step_time_s
+        total = 0.0
+        for di, fi in ((0, 1.0 - wi), (1, wi)):
+            for dj, fj in ((0, 1.0 - wj), (1, wj)):
+                row = v[i + di][j + dj]
+                total += fi * fj * ((1.0 - wk) * row[k] + wk * row[k + 1])
+        return max(total, 0.0)
+
+    def step_time(self, shape: BatchShape) -> float:
+        if shape.num_tokens == 0:
+            return 0.0
+        context = shape.decode_max_ctx if shape.decode_seqs else self.table.context[0]
+        return self.lookup(shape.prefill_tokens, shape.decode_seqs, context)

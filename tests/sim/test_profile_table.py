@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from banaserve.sim.cost_model import BatchShape
+from banaserve.sim.model_configs import load_model_spec
+from banaserve.sim.profile_table import ProfileCostModel, ProfileTable, load_profile, profile_from_json
+
+
+def table() -> ProfileTable:
+    """t = 1 + P/100 + B*(1 + C/1000) ms-ish units: multilinear, so interpolation is exact."""
+    P, B, C = [0, 100, 400], [0, 1, 4], [100, 1000]
+    times = [[[1 + p / 100 + b * (1 + c / 1000) for c in C] for b in B] for p in P]
+    spec = load_model_spec("llama2-7b")
+    return ProfileTable(P, B, C, times, model={f: getattr(spec, f) for f in spec.__slots__},
+                        engine={"num_kv_blocks": 100}, meta={"device": "cpu"})
+
+
+def expected(p, b, c):
+    return 1 + p / 100 + b * (1 + c / 1000)
+
+
+@pytest.mark.parametrize("p, b, c", [(0, 1, 100), (100, 4, 1000), (50, 2, 550), (250, 3, 100),
+                                      (800, 8, 2000), (10, 0, 100)])
+def test_interpolation_and_extrapolation_of_a_multilinear_table(p, b, c):
+    assert ProfileCostModel(table()).lookup(p, b, c) == pytest.approx(expected(p, b, c))
+
+
+def test_step_time_uses_prefill_tokens_decodes_and_longest_context():
+    cost = ProfileCostModel(table())
+    shape = BatchShape(prefill_tokens=100, prefill_seqs=1, decode_seqs=2, decode_ctx=600, decode_max_ctx=500,
+                       sampled=3)
+    assert cost.step_time(shape) == pytest.approx(expected(100, 2, 500))
+    assert cost.step_time(BatchShape()) == 0.0
+
+
+def test_json_round_trip(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(table().to_json()))
+    back = load_profile(str(path))
+    assert back.step_time_s == table().step_time_s and back.model_spec().name == "llama2-7b"
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d["axes"].update(prefill_tokens=[0, 400, 100]), "increasing"),
+    (lambda d: d["axes"].update(decode_batch=[1, 2, 4]), "start at 0"),
+    (lambda d: d["step_time_s"].pop(), "does not match"),
+    (lambda d: d.pop("model"), "model"),
+    (lambda d: d["step_time_s"][0][0].__setitem__(0, -1.0), ">= 0"),
+])
+def test_bad_profiles(change, match):
+    doc = table().to_json()
+    change(doc)
+    with pytest.raises(ValueError, match=match):
+        profile_from_json(doc)
+
+
+def test_not_a_profile(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not a profile"):
+        load_profile(str(path))

@@ -1,0 +1,110 @@
+import dataclasses
+
+import pytest
+
+from banaserve.bench.metrics import SLO, summarize, tpot_s, ttft_s
+from banaserve.sim.links import Link
+from banaserve.sim.simulator import ClusterConfig
+from tests.sim.helpers import simulator, spec
+
+DISAGG = ClusterConfig(mode="disagg", num_prefill=1, num_decode=1, link_bandwidth=1e6, link_latency_s=0.0,
+                       kv_bytes_per_token=1000, num_layers=10)
+
+
+def test_colocated_single_request_by_hand():
+    (rec,) = simulator().run([spec(0, 1.0, 100, 5)])
+    assert rec.ok and rec.output_tokens == 5 and rec.send_s == 1.0
+    assert ttft_s(rec) == pytest.approx(0.110)  # one prefill step: 10 ms + 100 x 1 ms
+    assert tpot_s(rec) == pytest.approx(0.012)  # decode steps: 10 ms + 2 ms
+    assert len(rec.token_times_s) == 5
+
+
+def test_arrivals_in_the_same_instant_share_a_step():
+    recs = simulator().run([spec(0, 0.0, 50, 2), spec(1, 0.0, 50, 2)])
+    assert recs[0].first_token_s == recs[1].first_token_s == pytest.approx(0.010 + 0.100)
+
+
+def test_disagg_single_request_by_hand():
+    (rec,) = simulator(DISAGG).run([spec(0, 0.0, 100, 5)])
+    assert rec.ok and rec.output_tokens == 5
+    assert rec.first_token_s == pytest.approx(0.110)  # the prefill instance makes the first token
+    # 100 KB at 1 MB/s (100 ms) pushed layer by layer during the 110 ms prefill: only the last
+    # layer's 10 ms is left when the prefill ends
+    kv_arrival = Link(1e6).push_layerwise(0.0, 0.110, 100 * 1000, 10)
+    assert kv_arrival == pytest.approx(0.110 + 0.010)
+    assert rec.token_times_s[1] == pytest.approx(kv_arrival + 0.012)
+    assert rec.end_s == pytest.approx(kv_arrival + 4 * 0.012)
+
+
+def test_disagg_one_token_requests_finish_on_the_prefill_instance():
+    sim = simulator(DISAGG)
+    (rec,) = sim.run([spec(0, 0.0, 100, 1)])
+    assert rec.ok and rec.end_s == pytest.approx(0.110)
+    assert sim.links[0].bytes_sent == 100 * 1000  # pushed while computing, before the length was known
+    assert sim.decode[0].blocks.num_used_blocks == 0 and sim.prefill[0].blocks.num_used_blocks == 0
+
+
+def test_disagg_decode_reservation_waits_for_free_blocks():
+    # decode blocks for one 100-token prompt (7 of 10) at a time: the second request's prefill
+    # starts only when the first has finished decoding and freed its blocks
+    sim = simulator(DISAGG, num_blocks=10)
+    first, second = sim.run([spec(0, 0.0, 100, 20), spec(1, 0.0, 100, 20)])
+    assert first.ok and second.ok
+    assert second.first_token_s > first.end_s
+    assert all(i.blocks.num_used_blocks == 0 for i in sim.instances)
+
+
+def test_disagg_cached_prefix_is_sent_too():
+    sim = simulator(DISAGG)
+    sim.run([spec(0, 0.0, 96, 2, hash_ids=(1, 2, 3)), spec(1, 5.0, 96, 2, hash_ids=(1, 2, 3))])
+    assert sim.links[0].bytes_sent == 2 * 96 * 1000
+
+
+def test_prompts_that_do_not_fit_fail_like_the_engine():
+    recs = simulator(max_model_len=128).run([spec(0, 0.0, 200, 5), spec(1, 0.0, 100, 5)])
+    assert not recs[0].ok and "HTTP 400" in recs[0].error
+    assert recs[1].ok
+
+
+def workload(n: int = 60) -> list:
+    return [spec(i, 0.05 * i, 40 + (37 * i) % 300, 1 + (13 * i) % 40) for i in range(n)]
+
+
+@pytest.mark.parametrize("routing", ["least_loaded", "round_robin"])
+def test_run_ahead_gives_the_same_result_as_stepping_through_the_heap(routing):
+    cluster = ClusterConfig(num_instances=3, routing=routing)
+    fast = simulator(cluster, run_ahead=True).run(workload())
+    slow = simulator(cluster, run_ahead=False).run(workload())
+    assert [dataclasses.astuple(r) for r in fast] == [dataclasses.astuple(r) for r in slow]
+
+
+def test_every_request_completes_with_its_output_length():
+    for cluster in (ClusterConfig(num_instances=2), dataclasses.replace(DISAGG, num_prefill=2, num_decode=2)):
+        specs = workload()
+        recs = simulator(cluster, num_blocks=80).run(specs)
+        assert all(r.ok for r in recs)
+        assert [r.output_tokens for r in recs] == [s.output_len for s in specs]
+        assert all(len(r.token_times_s) == r.output_tokens for r in recs)
+        assert all(r.arrival_s <= r.first_token_s <= r.end_s for r in recs)
+
+
+def test_more_instances_serve_an_overload_faster():
+    specs = [spec(i, 0.01 * i, 300, 30) for i in range(40)]
+    one = summarize(simulator(ClusterConfig(num_instances=1)).run(specs), SLO())
+    four = summarize(simulator(ClusterConfig(num_instances=4)).run(specs), SLO())
+    assert four.ttft_ms.mean < one.ttft_ms.mean and four.duration_s < one.duration_s
+
+
+def test_least_loaded_spreads_requests():
+    sim = simulator(ClusterConfig(num_instances=4))
+    sim.run([spec(i, 0.0, 100, 10) for i in range(8)])
+    assert [i.num_steps > 0 for i in sim.instances] == [True] * 4
+
+
+def test_bad_cluster_configs():
+    with pytest.raises(ValueError, match="mode"):
+        simulator(ClusterConfig(mode="mixed"))
+    with pytest.raises(ValueError, match="at least one"):
+        simulator(ClusterConfig(mode="disagg", num_decode=0))
+    with pytest.raises(ValueError, match="routing"):
+        simulator(ClusterConfig(routing="random"))

@@ -20,8 +20,9 @@ from banaserve.bench.runner import format_summary
 from banaserve.bench.spec import BenchError, RequestSpec
 from banaserve.bench.traces import KNOWN_TRACES
 from banaserve.bench.workload import WorkloadConfig, build_specs, describe
+from banaserve.sim.cluster import COLOCATED, DISAGG, ROUTINGS
 from banaserve.sim.setup import SimSetup, build_setup
-from banaserve.sim.simulator import COLOCATED, DISAGG, ROUTINGS, Simulator
+from banaserve.sim.simulator import Simulator
 
 
 class Parser(argparse.ArgumentParser):

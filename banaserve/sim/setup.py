@@ -8,12 +8,12 @@ import os
 from dataclasses import dataclass
 
 from banaserve.engine.config import EngineConfig
+from banaserve.sim.cluster import COLOCATED, ClusterConfig
 from banaserve.sim.cost_model import CostModel, RooflineCostModel
 from banaserve.sim.hardware import hardware_from_dict, load_hardware
 from banaserve.sim.instance import InstanceConfig
 from banaserve.sim.model_configs import ModelSpec, load_model_spec
 from banaserve.sim.profile_table import ProfileCostModel, ProfileTable, is_profile, profile_from_json
-from banaserve.sim.simulator import COLOCATED, ClusterConfig
 
 
 @dataclass(slots=True)

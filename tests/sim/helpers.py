@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from banaserve.bench.prompts import PromptBuilder, PromptConfig
 from banaserve.bench.spec import RequestSpec
+from banaserve.sim.cluster import ClusterConfig
 from banaserve.sim.cost_model import BatchShape
 from banaserve.sim.instance import InstanceConfig
-from banaserve.sim.simulator import ClusterConfig, Simulator
+from banaserve.sim.simulator import Simulator
 
 
 @dataclass(slots=True)

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 
 from banaserve.bench.metrics import SLO, summarize, tpot_s, ttft_s
+from banaserve.sim.cluster import ClusterConfig
 from banaserve.sim.links import Link
-from banaserve.sim.simulator import ClusterConfig
 from tests.sim.helpers import simulator, spec
 
 DISAGG = ClusterConfig(mode="disagg", num_prefill=1, num_decode=1, link_bandwidth=1e6, link_latency_s=0.0,

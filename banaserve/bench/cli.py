@@ -13,7 +13,7 @@ from banaserve.bench.lengths import DIST_HELP
 from banaserve.bench.metrics import SLO
 from banaserve.bench.prompts import PromptConfig
 from banaserve.bench.results import read_result, write_result
-from banaserve.bench.runner import RunConfig, format_summary, run_bench
+from banaserve.bench.runner import RunConfig, format_rate_check, format_summary, run_bench
 from banaserve.bench.spec import BenchError
 from banaserve.bench.sweep import capacity_line, format_table, parse_rates, run_sweep
 from banaserve.bench.traces import KNOWN_TRACES, default_slo_ms
@@ -124,7 +124,12 @@ def make_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(argv: list[str]) -> int:
-    p = Parser(prog="banaserve bench", description="Replay a trace against an OpenAI-compatible endpoint.")
+    p = Parser(
+        prog="banaserve bench",
+        description="Replay a trace against an OpenAI-compatible endpoint.",
+        epilog="Also: `banaserve bench sweep --rates 1,2,4 ...` and `banaserve bench plot RESULT.json ...`. "
+        "Metric definitions and the result schema: docs/bench.md.",
+    )
     add_run_args(p)
     p.add_argument("--out", default=None, help="write the result JSON here")
     args = p.parse_args(argv)
@@ -132,6 +137,7 @@ def cmd_run(argv: list[str]) -> int:
     if args.out:
         write_result(args.out, records, summary, meta)
     print(format_summary(summary))
+    print(format_rate_check(meta["rate_check"]))
     if args.out:
         print(f"wrote {args.out}")
     if summary.completed == 0:

@@ -41,6 +41,7 @@ def base_url(endpoint: str) -> str:
 
 
 def headers(cfg: ClientConfig) -> dict[str, str]:
+    """JSON content type plus the bearer token when there is one."""
     out = {"Content-Type": "application/json"}
     if cfg.api_key:
         out["Authorization"] = f"Bearer {cfg.api_key}"
@@ -79,9 +80,21 @@ def encode_body(spec: RequestSpec, cfg: ClientConfig, model: str, prompts: Promp
     return msgspec.json.encode(body)
 
 
-def _fail(record: RequestRecord, reason: str) -> RequestRecord:
-    record.status, record.error = FAILED, reason
-    return record
+async def _on_chunk_sent(session: aiohttp.ClientSession, ctx, params) -> None:
+    if not ctx.trace_request_ctx:
+        ctx.trace_request_ctx.append(time.perf_counter())
+
+
+def send_time_trace() -> aiohttp.TraceConfig:
+    """Timestamps the moment a request's body is written to the socket.
+
+    That is when the request really leaves the client: on a busy event loop (a burst of sends)
+    aiohttp writes the body in a separate task that can run milliseconds after `post()` was
+    called, and that client-side wait must not be charged to the server's TTFT.
+    """
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_on_chunk_sent)
+    return trace
 
 
 async def send_one(
@@ -96,31 +109,38 @@ async def send_one(
     """Send one request and fill `record` in; failures are recorded with a reason, never raised."""
     reads: list[tuple[float, bytes]] = []
     clock = time.perf_counter
-    send = clock()
-    record.send_s = send - t0
+    sent: list[float] = []  # filled by the on_request_chunk_sent hook when the body hits the socket
+    record.send_s = clock() - t0
+    error: str | None = None
     try:
-        async with session.post(url, data=body, headers=hdrs, timeout=timeout) as resp:
+        post = session.post(url, data=body, headers=hdrs, timeout=timeout, trace_request_ctx=sent)
+        async with post as resp:
             if resp.status != 200:
                 text = (await resp.text(errors="replace"))[:200].replace("\n", " ")
-                record.end_s = clock() - t0
-                return _fail(record, f"HTTP {resp.status}: {text}")
-            async for data in resp.content.iter_any():
-                reads.append((clock(), data))
+                error = f"HTTP {resp.status}: {text}"
+            else:
+                async for data in resp.content.iter_any():
+                    reads.append((clock(), data))
     except TimeoutError:
-        return _fail(_finish(record, reads, t0), f"timeout after {timeout.total:g}s")
+        error = f"timeout after {timeout.total:g}s"
     except aiohttp.ClientPayloadError as e:
-        return _fail(_finish(record, reads, t0), f"stream dropped ({type(e).__name__})")
+        error = f"stream dropped ({type(e).__name__})"
     except aiohttp.ClientError as e:
-        return _fail(_finish(record, reads, t0), f"connection error ({type(e).__name__})")
+        error = f"connection error ({type(e).__name__})"
     except OSError as e:
-        return _fail(_finish(record, reads, t0), f"connection error ({type(e).__name__}: {e.strerror})")
-    return _finish(record, reads, t0, complete=True)
+        error = f"connection error ({type(e).__name__}: {e.strerror})"
+    except Exception as e:  # anything else still counts as a failed request, never a lost one
+        error = f"client error ({type(e).__name__}: {str(e)[:100]})"
+    if sent:
+        record.send_s = sent[0] - t0
+    return _finish(record, reads, t0, error)
 
 
 def _finish(
-    record: RequestRecord, reads: list[tuple[float, bytes]], t0: float, complete: bool = False
+    record: RequestRecord, reads: list[tuple[float, bytes]], t0: float, error: str | None
 ) -> RequestRecord:
-    record.end_s = (reads[-1][0] if complete and reads else time.perf_counter()) - t0
+    """Parse the stream into the record; a complete stream ends at its last read."""
+    record.end_s = (reads[-1][0] if error is None and reads else time.perf_counter()) - t0
     parsed = parse_stream([(t - t0, data) for t, data in reads])
     record.token_times_s = parsed.token_times
     record.first_token_s = parsed.token_times[0] if parsed.token_times else None
@@ -128,12 +148,12 @@ def _finish(
     record.output_tokens = (
         parsed.completion_tokens if parsed.completion_tokens is not None else len(parsed.token_times)
     )
-    if not complete:
-        return record
-    if parsed.error:
-        return _fail(record, parsed.error)
-    if not parsed.done:
-        return _fail(record, "stream ended without [DONE]")
-    if not parsed.token_times:
-        return _fail(record, "no tokens in stream")
+    if error is None and parsed.error:
+        error = parsed.error
+    elif error is None and not parsed.done:
+        error = "stream ended without [DONE]"
+    elif error is None and not parsed.token_times:
+        error = "no tokens in stream"
+    if error is not None:
+        record.status, record.error = FAILED, error
     return record

@@ -30,18 +30,29 @@ def offered_rate(result: Result) -> float | None:
     return (result.meta.get("rate_check") or {}).get("scheduled_rate")
 
 
-def _cdf(ax, values_s: list[float], name: str) -> None:
+def _cdf(ax, values_s: list[float], name: str, color: str) -> None:
     if not values_s:
         return
     ms = np.sort(np.asarray(values_s)) * 1000.0
-    ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=name)
+    ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=name, color=color)
 
 
-def timeline(result: Result, bins: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(bin starts s, output tokens/s, requests in flight, requests waiting for a slot) over the run."""
+def _sort_key(result: Result) -> tuple[str, float]:
+    return (str(result.meta.get("label") or ""), offered_rate(result) or 0.0)
+
+
+def timeline(
+    result: Result, min_bin_s: float = 0.25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bin starts s, output tokens/s, requests in flight, requests waiting for a slot) over the run.
+
+    At most 100 bins, none shorter than `min_bin_s`: shorter bins turn bursty token arrivals
+    into spikes rather than a rate.
+    """
     recs = result.records
     ends = [r.end_s for r in recs if r.end_s is not None]
     span = max(ends, default=0.0) or 1.0
+    bins = max(1, min(100, int(span / min_bin_s)))
     edges = np.linspace(0.0, span, bins + 1)
     width = edges[1] - edges[0]
     times, weights = [], []
@@ -65,19 +76,24 @@ def plot_results(results: list[Result], out: str | Path) -> None:
     """Write a 2x3 figure: TTFT/TPOT/E2E CDFs, attainment vs rate, token throughput, queue length."""
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     (ax_ttft, ax_tpot, ax_e2e), (ax_slo, ax_tput, ax_queue) = axes
-    for res in results:
+    results = sorted(results, key=_sort_key)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, res in enumerate(results):
+        color = colors[i % len(colors)]
         done = [r for r in res.records if r.ok]
         name = run_name(res)
         for ax, fn in ((ax_ttft, ttft_s), (ax_tpot, tpot_s), (ax_e2e, e2e_s)):
-            _cdf(ax, [v for v in map(fn, done) if v is not None], name)
+            _cdf(ax, [v for v in map(fn, done) if v is not None], name, color)
         t, tput, in_flight, waiting = timeline(res)
-        ax_tput.plot(t, tput, label=name)
-        ax_queue.plot(t, in_flight, label=f"{name} in flight")
-        if waiting.any():
-            ax_queue.plot(t, waiting, linestyle="--", label=f"{name} waiting")
+        ax_tput.plot(t, tput, label=name, color=color)
+        ax_queue.plot(t, in_flight, label=f"{name} in flight", color=color)
+        if res.meta.get("max_concurrency"):  # only then do requests wait in the client for a slot
+            ax_queue.plot(t, waiting, linestyle="--", label=f"{name} waiting for a slot", color=color)
     for ax, title in ((ax_ttft, "TTFT"), (ax_tpot, "TPOT"), (ax_e2e, "E2E latency")):
         ax.set(title=f"{title} CDF (completed requests)", xlabel="ms", ylabel="fraction of requests")
-        ax.set_xscale("log")
+        lo, hi = ax.dataLim.intervalx
+        if ax.has_data() and lo > 0 and hi / lo > 20:  # log only when the spread needs it
+            ax.set_xscale("log")
     # one line per system/mode: runs sharing a label form a curve over their rates
     curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for res in results:

@@ -105,3 +105,16 @@ def format_summary(s: Summary) -> str:
     ]
     lines += [f"failed: {count} x {reason}" for reason, count in s.failures.items()]
     return "\n".join(lines)
+
+
+def format_rate_check(rc: dict) -> str:
+    """One line on whether the offered load was achieved (from meta["rate_check"])."""
+    if rc.get("scheduled_rate") is None:
+        return f"offered load: all requests due at once; send lag mean {rc['lag_mean_ms']:.1f} ms"
+    achieved = rc.get("achieved_rate")
+    got = "-" if achieved is None else f"{achieved:.3f}"
+    state = "ok" if rc.get("ok") else "NOT HELD"
+    return (
+        f"offered load {state}: achieved {got} req/s vs scheduled {rc['scheduled_rate']:.3f} req/s, "
+        f"send lag p99 {rc['lag_p99_ms']:.1f} ms, max {rc['lag_max_ms']:.1f} ms"
+    )

@@ -48,8 +48,8 @@ def capacity(
 ) -> float | None:
     """Highest rate with attainment >= threshold, interpolated linearly toward the next (failing) rate.
 
-    None when no rate meets the threshold; the highest rate when all of the rates above the best
-    passing one are missing (the sweep did not go high enough).
+    None when no rate meets the threshold; the highest swept rate when that one meets it (the
+    sweep did not go high enough to find the limit).
     """
     points = sorted(zip(rates, attainments, strict=True))
     passing = [i for i, (_, a) in enumerate(points) if a >= threshold]
@@ -69,11 +69,15 @@ def capacity_line(rates: list[float], attainments: list[float], threshold: float
     if cap is None:
         return f"capacity: < {min(rates):g} req/s (no swept rate reached {pct} SLO attainment)"
     if cap == max(rates):
-        return f"capacity: >= {cap:g} req/s (every rate up to the highest swept reached {pct} SLO attainment)"
+        return (
+            f"capacity: >= {cap:g} req/s (the highest swept rate reached {pct} SLO attainment: sweep higher)"
+        )
     return f"capacity: {cap:.3f} req/s (highest rate with >= {pct} SLO attainment, interpolated)"
 
 
 def format_table(points: list[SweepPoint]) -> str:
+    """rate, attainment %, goodput, P99 TTFT, mean TPOT and failures, one row per rate."""
+
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 

@@ -35,6 +35,7 @@ class ServerConfig:
     http_error_every: int = 0
     drop_every: int = 0
     stall_every: int = 0
+    log_path: str | None = None  # JSON line per request: receipt and token write times (perf_counter)
 
 
 class BadRequest(Exception):
@@ -64,6 +65,7 @@ class TestServer:
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
         self.count = 0
+        self.log = open(cfg.log_path, "a") if cfg.log_path else None  # open while the server lives
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -111,6 +113,8 @@ class TestServer:
     async def complete(self, req: dict, w: asyncio.StreamWriter) -> bool:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        received = time.perf_counter()
+        written: list[float] = []
         self.count += 1
         n = self.count
         prompt = req.get("prompt")
@@ -159,12 +163,18 @@ class TestServer:
                 "finish_reason": "length" if last else None,
             }
             w.write(_event({**base, "choices": [choice]}))
+            written.append(time.perf_counter())
             if stall:
                 await w.drain()
                 await asyncio.sleep(3600)  # until the client times out and hangs up
         if self.cfg.usage and (req.get("stream_options") or {}).get("include_usage"):
             w.write(_event({**base, "choices": [], "usage": usage}))
         w.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        if self.log is not None:
+            head = prompt[:8] if isinstance(prompt, list) else prompt[:80]
+            entry = {"n": n, "prompt_head": head, "received": received, "token_writes": written}
+            self.log.write(msgspec.json.encode(entry).decode() + "\n")
+            self.log.flush()
         await w.drain()
         return True
 
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "--drop-every", type=int, default=0, metavar="K", help="every K-th: drop the stream midway"
     )
     p.add_argument("--stall-every", type=int, default=0, metavar="K", help="every K-th: stall after 1 token")
+    p.add_argument("--log", default=None, help="append each completed stream's true timings (JSON lines)")
     a = p.parse_args(argv)
     cfg = ServerConfig(
         ttft_ms=a.ttft_ms,
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         http_error_every=a.http_error_every,
         drop_every=a.drop_every,
         stall_every=a.stall_every,
+        log_path=a.log,
     )
     try:
         asyncio.run(serve(cfg, a.host, a.port))

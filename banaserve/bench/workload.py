@@ -43,6 +43,10 @@ def _check(cfg: WorkloadConfig) -> None:
     for name, value in (("--max-input", cfg.max_input), ("--max-output", cfg.max_output)):
         if value is not None and value < 1:
             raise BenchError(f"{name} must be >= 1, got {value}")
+    if not (math.isfinite(cfg.burstiness) and cfg.burstiness >= 0):
+        raise BenchError(f"--burstiness must be a finite number >= 0, got {cfg.burstiness}")
+    if cfg.rate is not None and cfg.time_scale != 1.0:
+        raise BenchError("--time-scale applies to recorded arrivals; it cannot be combined with --rate")
     if cfg.block_tokens < 1:
         raise BenchError(f"--block-tokens must be >= 1, got {cfg.block_tokens}")
 

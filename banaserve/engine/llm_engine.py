@@ -8,6 +8,7 @@ import os
 import torch
 
 from banaserve.engine.config import EngineConfig
+from banaserve.engine.kv_connector import KVConnector
 from banaserve.engine.model_runner import ModelRunner, allocate_kv_caches
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.request import Request
@@ -63,6 +64,7 @@ class LLMEngine:
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.emitted_text: dict[str, int] = {}
         self._ids = itertools.count()
+        self.connector: KVConnector | None = None
 
     def _auto_num_blocks(self) -> int:
         mc, cfg = self.model_config, self.config
@@ -74,6 +76,11 @@ class LLMEngine:
             budget = cfg.kv_cache_gb * (1 << 30)
         needed = -(-cfg.max_num_seqs * self.max_model_len // self.block_size) + 1
         return max(1, min(int(budget // per_block), needed))
+
+    def set_kv_connector(self, connector: KVConnector | None) -> None:
+        """Attach the KV mover (see kv_connector.py) to the step loop and the scheduler."""
+        self.connector = connector
+        self.scheduler.connector = connector
 
     # ----- requests -----
 
@@ -140,7 +147,13 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.requests:
             return []
-        sampled = self.runner.execute(batch, self.blocks.block_tables)
+        conn = self.connector
+        if conn is None:
+            sampled = self.runner.execute(batch, self.blocks.block_tables)
+        else:
+            conn.start_step(batch, self.blocks.block_tables)
+            sampled = self.runner.execute(batch, self.blocks.block_tables, after_layer=conn.after_layer)
+            conn.end_step()
         self.scheduler.commit(batch)
         outputs = []
         for req in batch.requests:

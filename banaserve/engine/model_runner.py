@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from banaserve.engine.request import Request
 from banaserve.engine.sampler import sample
 from banaserve.engine.scheduler import ScheduledBatch
-from banaserve.kv.paged_attention import AttentionMetadata, PrefillChunk
+from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from banaserve.models.decoder import DecoderModel
 
 
@@ -23,60 +25,80 @@ class ModelRunner:
         self.device = device
 
     def prepare(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]
-                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """Flat input ids, positions, attention metadata and the rows whose logits are sampled."""
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[tuple[int, Request]]]:
+        """Flat input ids, positions, attention metadata, and (row, request) pairs to sample."""
         bs, dev = self.block_size, self.device
         ids: list[int] = []
         pos: list[int] = []
         slots: list[torch.Tensor] = []
         meta = AttentionMetadata(slot_mapping=torch.empty(0))
-        sample_rows: list[int] = []
-        decode_tables: list[list[int]] = []
-        decode_ctx: list[int] = []
-        for req, n in zip(batch.requests, batch.num_tokens):
-            start = req.num_computed_tokens
-            end = start + n
-            table = block_tables[req.request_id]
+        to_sample: list[tuple[int, Request]] = []
+        work = list(zip(batch.requests, batch.num_tokens))
+        for req, n in work:
+            if n == 1:
+                continue
+            start, end = req.num_computed_tokens, req.num_computed_tokens + n
             q_start = len(ids)
             ids.extend(req.all_token_ids[start:end])
             pos.extend(range(start, end))
-            if n > 1:
-                bt = torch.tensor(table[:-(-end // bs)], dtype=torch.int64)
-                meta.prefills.append(PrefillChunk(q_start, n, end, bt.to(dev, non_blocking=True)))
-                p = torch.arange(start, end)
-                slots.append(bt[p // bs] * bs + p % bs)
-            else:
-                decode_tables.append(table[:-(-end // bs)])
-                decode_ctx.append(end)
-                slots.append(torch.tensor([table[start // bs] * bs + start % bs]))
+            bt = torch.tensor(block_tables[req.request_id][:-(-end // bs)], dtype=torch.int64)
+            meta.prefills.append(PrefillChunk(q_start, n, end, bt.to(dev, non_blocking=True)))
+            p = torch.arange(start, end)
+            slots.append(bt[p // bs] * bs + p % bs)
             if end == req.num_tokens:
-                sample_rows.append(len(ids) - 1)
-        if decode_tables:
-            width = max(len(t) for t in decode_tables)
-            padded = [t + [0] * (width - len(t)) for t in decode_tables]
-            meta.num_decode_tokens = len(decode_tables)
-            meta.decode_block_tables = torch.tensor(padded, dtype=torch.int64).to(dev, non_blocking=True)
-            ctx = torch.tensor(decode_ctx)
-            mask = torch.arange(width * bs)[None, :] < ctx[:, None]
-            meta.decode_mask = mask[:, None, None, :].to(dev, non_blocking=True)
+                to_sample.append((len(ids) - 1, req))
+        decodes = sorted((req for req, n in work if n == 1), key=lambda r: r.num_computed_tokens)
+        decode_start = len(ids)
+        decode_slots: list[int] = []
+        for req in decodes:
+            start = req.num_computed_tokens
+            ids.append(req.all_token_ids[start])
+            pos.append(start)
+            decode_slots.append(block_tables[req.request_id][start // bs] * bs + start % bs)
+            if start + 1 == req.num_tokens:
+                to_sample.append((len(ids) - 1, req))
+        if decodes:
+            slots.append(torch.tensor(decode_slots, dtype=torch.int64))
+            meta.decodes = self._decode_groups(decode_start, decodes, block_tables)
         meta.slot_mapping = torch.cat(slots).to(dev, non_blocking=True)
         input_ids = torch.tensor(ids, dtype=torch.int64).to(dev, non_blocking=True)
         positions = torch.tensor(pos, dtype=torch.int64).to(dev, non_blocking=True)
-        return input_ids, positions, meta, sample_rows
+        return input_ids, positions, meta, to_sample
+
+    def _decode_groups(self, q_start: int, decodes: list[Request], block_tables: dict[str, list[int]]
+                       ) -> list[DecodeGroup]:
+        """Split decodes (sorted by context) into groups whose padding is at most ~25%."""
+        bs, dev = self.block_size, self.device
+        tables = [block_tables[r.request_id][:r.num_computed_tokens // bs + 1] for r in decodes]
+        groups: list[DecodeGroup] = []
+        i = 0
+        while i < len(decodes):
+            j = i + 1
+            limit = len(tables[i]) * 1.25 + 1
+            while j < len(decodes) and len(tables[j]) <= limit:
+                j += 1
+            width = len(tables[j - 1])
+            padded = [t + [0] * (width - len(t)) for t in tables[i:j]]
+            ctx = torch.tensor([r.num_computed_tokens + 1 for r in decodes[i:j]])
+            mask = (torch.arange(width * bs)[None, :] < ctx[:, None])[:, None, None, :]
+            groups.append(DecodeGroup(q_start + i, torch.tensor(padded, dtype=torch.int64).to(dev, non_blocking=True),
+                                      mask.to(dev, non_blocking=True)))
+            i = j
+        return groups
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, block_tables: dict[str, list[int]],
                 after_layer: Callable[[int], None] | None = None) -> dict[str, int]:
         """Run one step; return the sampled token of every request whose last token was computed."""
-        input_ids, positions, meta, rows = self.prepare(batch, block_tables)
+        input_ids, positions, meta, to_sample = self.prepare(batch, block_tables)
         hidden = self.model.embed(input_ids)
         hidden = self.model.forward_layers(hidden, positions, meta, self.kv_caches, after_layer=after_layer)
-        if not rows:
+        if not to_sample:
             return {}
+        rows = [row for row, _ in to_sample]
+        reqs = [req for _, req in to_sample]
         logits = self.model.logits(hidden[rows]).float()
-        sampling = [r for r, n in zip(batch.requests, batch.num_tokens)
-                    if r.num_computed_tokens + n == r.num_tokens]
-        return dict(zip((r.request_id for r in sampling), sample(logits, sampling)))
+        return dict(zip((r.request_id for r in reqs), sample(logits, reqs)))
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: list[int], block_table: list[int]) -> torch.Tensor:
@@ -93,7 +115,17 @@ class ModelRunner:
 
 def allocate_kv_caches(num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
                        head_dim: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer."""
-    return [torch.zeros(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
-            for _ in range(num_layers)]
+    """One zeroed [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer.
+
+    Zeroed because padded decode attention reads (masked) unused slots, and garbage NaNs there
+    would poison the output. On CPU the memory comes from calloc'd numpy pages, which the OS
+    zeroes lazily, instead of torch.zeros' eager memset of gigabytes.
+    """
+    shape = (2, num_blocks, block_size, num_kv_heads, head_dim)
+    if device.type != "cpu":
+        return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    if dtype == torch.bfloat16:  # numpy has no bfloat16: same-width int16 zeros, reinterpreted
+        return [torch.from_numpy(np.zeros(shape, dtype=np.int16)).view(torch.bfloat16) for _ in range(num_layers)]
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+    return [torch.from_numpy(np.zeros(shape, dtype=np_dtype)) for _ in range(num_layers)]
 

@@ -46,9 +46,14 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self.connector = None  # KVConnector: may keep a finished request's blocks (kv_connector.py)
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
+
+    def add_running(self, req: Request) -> None:
+        """Admit a request whose KV is already in its blocks (computed elsewhere): it runs next step."""
+        self.running.append(req)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -119,6 +124,7 @@ class Scheduler:
             self.running.remove(req)
         elif req.status is RequestStatus.WAITING:
             self.waiting.remove(req)
-        self.blocks.free(req.request_id)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
+        if self.connector is None or not self.connector.request_finished(req):
+            self.blocks.free(req.request_id)

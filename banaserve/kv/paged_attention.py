@@ -2,7 +2,9 @@
 
 A layer's cache is one tensor [2, num_blocks, block_size, num_kv_heads, head_dim]. A step's
 tokens are laid out prefill sequences first (each a contiguous chunk), then decode tokens
-(one per sequence). Prefill chunks run one SDPA call each; decodes run as one padded batch.
+(one per sequence, sorted by context length). Prefill chunks run one SDPA call each; decodes
+run in groups of similar context length, each one padded batch, so padding stays small
+(gathering and attending over padding is what decode attention would otherwise spend on).
 """
 
 from __future__ import annotations
@@ -24,12 +26,19 @@ class PrefillChunk:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """Single-token queries [q_start, q_start + B) attending over padded block tables."""
+
+    q_start: int
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0
+    mask: torch.Tensor  # [B, 1, 1, max_blocks * block_size] bool: real context slots
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: cache slot (block * block_size + offset) of every new token
     prefills: list[PrefillChunk] = field(default_factory=list)
-    num_decode_tokens: int = 0
-    decode_block_tables: torch.Tensor | None = None  # [B, max_blocks] int64, padded with block 0
-    decode_mask: torch.Tensor | None = None  # [B, 1, 1, max_blocks * block_size] bool
+    decodes: list[DecodeGroup] = field(default_factory=list)
 
 
 def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -42,8 +51,8 @@ def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values [ctx_len, Hkv, D] of one sequence, in token order."""
     h, d = kv_cache.shape[-2:]
-    k = kv_cache[0, block_table].reshape(-1, h, d)[:ctx_len]
-    v = kv_cache[1, block_table].reshape(-1, h, d)[:ctx_len]
+    k = kv_cache[0].index_select(0, block_table).view(-1, h, d)[:ctx_len]
+    v = kv_cache[1].index_select(0, block_table).view(-1, h, d)[:ctx_len]
     return k, v
 
 
@@ -67,13 +76,14 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
             attn_mask=mask, is_causal=causal, enable_gqa=True,
         )
         out[p.q_start:p.q_start + p.q_len] = o[0].transpose(0, 1)
-    n = meta.num_decode_tokens
-    if n:
-        h, d = kv_cache.shape[-2:]
-        bt = meta.decode_block_tables
-        kd = kv_cache[0, bt].reshape(bt.shape[0], -1, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
-        vd = kv_cache[1, bt].reshape(bt.shape[0], -1, h, d).transpose(1, 2)
-        qd = q[-n:].unsqueeze(2)  # [B, Hq, 1, D]
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=True)
-        out[-n:] = o.squeeze(2)
+    h, d = kv_cache.shape[-2:]
+    for g in meta.decodes:
+        bt = g.block_tables
+        n = bt.shape[0]
+        # index_select on the flat table: far faster than advanced indexing on CPU
+        kd = kv_cache[0].index_select(0, bt.view(-1)).view(n, -1, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
+        vd = kv_cache[1].index_select(0, bt.view(-1)).view(n, -1, h, d).transpose(1, 2)
+        qd = q[g.q_start:g.q_start + n].unsqueeze(2)  # [B, Hq, 1, D]
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, enable_gqa=True)
+        out[g.q_start:g.q_start + n] = o.squeeze(2)
     return out

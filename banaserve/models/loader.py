@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 
 import torch
 from safetensors import safe_open
@@ -39,10 +40,24 @@ def weight_files(path: str) -> dict[str, str]:
         return dict.fromkeys(f.keys(), single)
 
 
+@contextmanager
+def skip_weight_init():
+    """Build modules without random init: every weight is overwritten from the checkpoint anyway.
+
+    (The meta device would avoid even the allocation, but costs seconds of one-time imports.)
+    """
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
+
+
 def load_model(path: str, dtype: torch.dtype, device: torch.device) -> tuple[DecoderModel, ModelConfig]:
     """Build the model without initialising it, then fill every parameter from the checkpoint."""
     cfg = ModelConfig.from_pretrained(path)
-    with torch.device("meta"):
+    with skip_weight_init():
         model = DecoderModel(cfg)
     files = weight_files(path)
     handles = {f: safe_open(f, "pt", device="cpu") for f in set(files.values())}

@@ -8,8 +8,8 @@ import torch
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """Inverse frequencies [head_dim // 2] in fp32, computed the way HF does (so logits match)."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    """Inverse frequencies [head_dim // 2] in fp32 on CPU, computed the way HF does (so logits match)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
     kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
     if kind == "default":
@@ -37,15 +37,15 @@ class RotaryEmbedding(torch.nn.Module):
         super().__init__()
         self.args = (head_dim, theta, scaling)
         self.max_positions = max_positions
-        self.build(torch.get_default_device())
+        self.build("cpu")
 
     def build(self, device: torch.device | str) -> None:
         """(Re)compute the fp32 tables on `device` (models are built on the meta device first)."""
-        inv_freq = rope_inv_freq(*self.args).to(device)
-        freqs = torch.arange(self.max_positions, dtype=torch.float32, device=device)[:, None] * inv_freq
+        inv_freq = rope_inv_freq(*self.args)
+        freqs = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")[:, None] * inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("cos", emb.cos().to(device), persistent=False)
+        self.register_buffer("sin", emb.sin().to(device), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # q: [T, Hq, D], k: [T, Hkv, D]; tables are fp32 and cast like HF does

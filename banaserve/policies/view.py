@@ -1,42 +1,62 @@
-"""What routing and migration policies see of the cluster: one stats record per instance.
+"""What the router knows about the cluster: one InstanceStats per instance, kept as a ClusterView.
 
-Instances publish these numbers (live) or the simulator fills them in (simulated); policies are
-pure functions over a list of them, so both call the same decisions.
+Engine-reported fields come from the instance's periodic stats message; the `inflight_*` fields
+are the router's own exact count of work it has assigned and not yet seen progress on (stats lag
+by up to one publish interval, so a burst of arrivals would otherwise all herd onto one instance).
+Plain data only: the live router and the simulator both build these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-UNIFIED = "unified"
-PREFILL = "prefill"
-DECODE = "decode"
+UNIFIED, PREFILL, DECODE = "unified", "prefill", "decode"
 ROLES = (UNIFIED, PREFILL, DECODE)
 
 
 @dataclass(slots=True)
 class InstanceStats:
-    """Load of one instance at one moment."""
+    """One instance's load. Counts are instantaneous; step_time_ms and busy_fraction are recent averages."""
 
-    id: int
-    role: str = UNIFIED
+    instance_id: int
+    role: str = "unified"
+    pid: int = 0
+    alive: bool = True
     num_waiting: int = 0
     num_running: int = 0
-    tokens_in_flight: int = 0  # context tokens of running requests (KV they hold or will hold)
-    queued_prefill_tokens: int = 0  # prompt tokens still to compute, waiting and running
+    num_reserved: int = 0  # KV reservations held for incoming PD transfers
+    tokens_queued: int = 0  # tokens scheduled but not yet computed (prefill left + pending decodes)
     kv_blocks_used: int = 0
-    kv_blocks_total: int = 1
-    step_time_s: float = 0.0  # duration of the last step
-    busy_fraction: float = 0.0  # share of recent wall time spent in steps
+    kv_blocks_total: int = 0
+    kv_blocks_cached_free: int = 0
+    step_time_ms: float = 0.0
+    busy_fraction: float = 0.0
+    num_steps: int = 0
+    num_preemptions: int = 0
+    bytes_pushed: int = 0  # KV bytes this instance sent to decode instances
+    bytes_received: int = 0  # KV bytes received over a network channel
+    transfers_ok: int = 0
+    transfers_failed: int = 0
+    seq: int = 0  # publish counter of the instance, increases by one per message
+    # router-side, not sent by the instance
+    inflight_requests: int = 0
+    inflight_prefill_tokens: int = 0
+    updated_at: float = 0.0
 
     @property
     def kv_usage(self) -> float:
-        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 1.0
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
 
 
-ClusterView = list[InstanceStats]
+@dataclass(slots=True)
+class ClusterView:
+    """Every instance the router started, by id (dead ones stay, with alive=False)."""
 
+    instances: dict[int, InstanceStats] = field(default_factory=dict)
 
-def with_role(view: ClusterView, role: str) -> ClusterView:
-    """The instances of `view` that serve `role` (unified instances serve every role)."""
-    return [s for s in view if s.role == role or s.role == UNIFIED]
+    def alive(self, role: str | None = None) -> list[InstanceStats]:
+        """Live instances, in id order, optionally only those of `role`."""
+        return [s for _, s in sorted(self.instances.items()) if s.alive and (role is None or s.role == role)]
+
+    def get(self, instance_id: int) -> InstanceStats:
+        return self.instances[instance_id]

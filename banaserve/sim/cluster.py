@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from banaserve.policies.routing import RoundRobin, least_loaded, round_robin
-from banaserve.policies.view import InstanceStats
+from banaserve.policies.view import ClusterView
 from banaserve.sim.instance import SimInstance
 
 COLOCATED, DISAGG = "colocated", "disagg"
@@ -40,14 +40,12 @@ class ClusterConfig:
 Router = Callable[[list[SimInstance]], SimInstance]
 
 
-def make_router(kind: str, load: Callable[[InstanceStats], tuple]) -> Router:
-    """Pick an instance with the shared policy functions over the instances' stats."""
-    if kind == "round_robin":
-        state = RoundRobin()
+def make_router(kind: str, role: str) -> Router:
+    """Pick an instance of `role` with the live router's policy functions over the instances' stats."""
+    cursor = RoundRobin()
 
-        def pick(insts: list[SimInstance]) -> SimInstance:
-            return insts[round_robin([i.stats() for i in insts], state) - insts[0].id]
-    else:
-        def pick(insts: list[SimInstance]) -> SimInstance:
-            return insts[least_loaded([i.stats() for i in insts], load) - insts[0].id]
+    def pick(insts: list[SimInstance]) -> SimInstance:
+        view = ClusterView({i.id: i.stats() for i in insts})
+        chosen = round_robin(view, cursor, role) if kind == "round_robin" else least_loaded(view, role)
+        return next(i for i in insts if i.id == chosen)
     return pick

@@ -143,14 +143,14 @@ class SimInstance:
         queued = 0
         for r in sched.waiting:
             queued += r.num_tokens - r.num_computed_tokens
-        in_flight = 0
         for r in sched.running:
-            in_flight += r.num_tokens
             if r.num_computed_tokens < r.num_prompt_tokens:
                 queued += r.num_prompt_tokens - r.num_computed_tokens
+        # simulated stats never lag, so the router-side "in flight" counts equal the engine's own
+        waiting = len(sched.waiting) + len(self.transferred)
         return InstanceStats(
-            id=self.id, role=self.role, num_waiting=len(sched.waiting) + len(self.transferred),
-            num_running=len(sched.running), tokens_in_flight=in_flight, queued_prefill_tokens=queued,
-            kv_blocks_used=self.blocks.num_used_blocks, kv_blocks_total=self.cfg.num_blocks,
-            step_time_s=self.last_step_s,
+            instance_id=self.id, role=self.role, num_waiting=waiting, num_running=len(sched.running),
+            num_reserved=len(self.transferred), tokens_queued=queued, inflight_prefill_tokens=queued,
+            inflight_requests=waiting + len(sched.running), kv_blocks_used=self.blocks.num_used_blocks,
+            kv_blocks_total=self.cfg.num_blocks, step_time_ms=self.last_step_s * 1e3,
         )

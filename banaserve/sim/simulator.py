@@ -24,7 +24,6 @@ from banaserve.bench.results import FAILED, RequestRecord
 from banaserve.bench.spec import RequestSpec
 from banaserve.engine.request import Request
 from banaserve.engine.sampling_params import SamplingParams
-from banaserve.policies.routing import decode_load, prefill_load, unified_load
 from banaserve.policies.view import DECODE, PREFILL, UNIFIED
 from banaserve.sim.cluster import COLOCATED, ClusterConfig, make_router
 from banaserve.sim.cost_model import CostModel
@@ -54,9 +53,9 @@ class Simulator:
             self.decode = [SimInstance(n + i, DECODE, instance_cfg, cost) for i in range(cluster.num_decode)]
         self.instances = self.unified + self.prefill + self.decode
         self.links = {p.id: Link(cluster.link_bandwidth, cluster.link_latency_s) for p in self.prefill}
-        self.route_unified = make_router(cluster.routing, unified_load)
-        self.route_prefill = make_router(cluster.routing, prefill_load)
-        self.route_decode = make_router(cluster.routing, decode_load)
+        self.route_unified = make_router(cluster.routing, UNIFIED)
+        self.route_prefill = make_router(cluster.routing, PREFILL)
+        self.route_decode = make_router(cluster.routing, DECODE)
         self.records: dict[str, RequestRecord] = {}
         self.prefill_of: dict[str, SimInstance] = {}
         self.decode_of: dict[str, SimInstance] = {}

@@ -75,7 +75,7 @@ def test_stats_count_queued_prefill_and_memory():
     inst = SimInstance(3, "prefill", InstanceConfig(num_blocks=100), LinearCost())
     inst.add(request("a", list(range(3, 103)), 5))
     s = inst.stats()
-    assert (s.id, s.role, s.num_waiting, s.queued_prefill_tokens) == (3, "prefill", 1, 100)
+    assert (s.instance_id, s.role, s.num_waiting, s.inflight_prefill_tokens) == (3, "prefill", 1, 100)
     assert s.kv_blocks_used == 0
     inst.begin_step(0.0)
     s = inst.stats()

@@ -1,0 +1,48 @@
+"""Process hygiene: instances never outlive their router, shared memory never outlives its owner."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from banaserve.transfer.shm_kv import list_segments
+from tests.cluster.cluster_harness import WAIT_S, running
+
+ROUTER_SCRIPT = """
+import asyncio, json, sys, time
+from banaserve.cluster.launch import build_engine_client
+from banaserve.engine.config import EngineConfig
+
+async def main():
+    client = build_engine_client(EngineConfig(model=sys.argv[1], dtype="float32", device="cpu",
+                                              num_kv_blocks=64), mode="disagg", torch_threads=1)
+    await client.start()
+    print(json.dumps({"pids": [p.pid for p in client.procs.values()],
+                      "segments": list(client.shm_names.values())}), flush=True)
+    while True:
+        await asyncio.sleep(1)
+
+asyncio.run(main())
+"""
+
+
+def test_instances_exit_and_unlink_when_the_router_is_killed(tiny_llama):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    router = subprocess.Popen([sys.executable, "-c", ROUTER_SCRIPT, tiny_llama], stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": root}, text=True)
+    try:
+        info = json.loads(router.stdout.readline())
+        assert len(info["pids"]) == 2 and all(running(p) for p in info["pids"])
+        assert set(info["segments"]) <= set(list_segments(router.pid))
+        router.send_signal(signal.SIGKILL)  # no chance to clean up: the instances must notice alone
+        router.wait()
+        deadline = time.monotonic() + WAIT_S
+        while any(running(p) for p in info["pids"]) or list_segments(router.pid):
+            assert time.monotonic() < deadline, "orphaned instance process or shared memory"
+            time.sleep(0.05)
+    finally:
+        if router.poll() is None:
+            router.kill()
+            router.wait()

@@ -62,6 +62,7 @@ class SimInstance:
         # decode role: reservations waiting for their KV, and requests whose KV has arrived
         self.reserved: set[str] = set()
         self.admitting: deque[Request] = deque()
+        self.reserve_queue: deque[tuple[Request, bool]] = deque()  # reservations sent, not yet handled
 
     @property
     def busy(self) -> bool:
@@ -173,5 +174,5 @@ class SimInstance:
             num_reserved=len(self.reserved), tokens_queued=queued, kv_blocks_used=self.blocks.num_used_blocks,
             kv_blocks_total=self.cfg.num_blocks, step_time_ms=self.last_step_s * 1e3, num_steps=self.num_steps,
             num_preemptions=sched.num_preemptions, inflight_prefill_tokens=unprefilled,
-            inflight_requests=len(sched.waiting) + running + len(self.reserved),
+            inflight_requests=len(sched.waiting) + running + len(self.reserved) + len(self.reserve_queue),
         )

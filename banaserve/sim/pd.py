@@ -1,7 +1,9 @@
 """The live router's prefill/decode flow (cluster/router.py, docs/cluster.md) on simulated instances.
 
-1. Reserve: the least-loaded decode instance holds blocks for the prompt (taking its own prefix
-   hit); if none has room the request waits and is retried every `reserve_retry_s`.
+1. Reserve: the router picks the least-loaded decode instance, which holds blocks for the prompt
+   (taking its own prefix hit) when it next handles messages: at once if idle, else when its
+   running step ends. If it has no room the request waits and is retried every
+   `reserve_retry_s`.
 2. Prefill: the least-loaded prefill instance runs the prompt with max_tokens 1; every step
    pushes the KV it completed (beyond what the decode side already has) layer by layer over the
    instance's link, and the step ends only when its pushes are done (as PushConnector.end_step).
@@ -45,7 +47,8 @@ class PDFlow:
         self.reserve_retry_s = reserve_retry_s
         self.kick, self.schedule = kick, schedule  # schedule(time, payload): a PD event at `time`
         self.transfers: dict[str, Transfer] = {}
-        self.waiting: deque[Request] = deque()  # refused by every decode instance, retried on a timer
+        self.waiting: deque[Request] = deque()  # refused, retried on a timer
+        self.retrying = False  # a reservation of the oldest waiting request is on its way
         self.tick_pending = False
         self.decode_changed = False  # since the last retry tick
         self.kv_at: dict[int, float] = {}  # prefill instance id -> when its running step's KV is across
@@ -53,23 +56,42 @@ class PDFlow:
 
     # ----- reservation -----
 
-    def arrive(self, req: Request, now: float) -> None:
-        if self.waiting or not self._reserve(req):
+    def arrive(self, req: Request) -> None:
+        if self.waiting:  # FIFO behind earlier refusals
             self.waiting.append(req)
-            self._arm_tick(now)
+        else:
+            self._send_reserve(req, False)
 
-    def _reserve(self, req: Request) -> bool:
+    def _send_reserve(self, req: Request, retried: bool) -> None:
         d = self.route_decode(self.decode)
-        skip = d.reserve(req.request_id, req.prompt_token_ids)
-        if skip is None:
-            self.num_refusals += 1
-            return False
-        self.transfers[req.request_id] = Transfer(req, d, skip)
-        p = self.route_prefill(self.prefill)
-        p.add(Request(req.request_id, req.prompt_token_ids, SamplingParams(max_tokens=1, ignore_eos=True),
-                      arrival_time=req.arrival_time))
-        self.kick(p)
-        return True
+        d.reserve_queue.append((req, retried))
+        self.kick(d)  # handled when d is next between steps (now, if it is idle)
+
+    def decode_boundary(self, d: SimInstance, now: float) -> None:
+        """`d` is between steps: it answers the reservations sent to it, in order."""
+        queue = d.reserve_queue
+        while queue:
+            req, retried = queue.popleft()
+            skip = d.reserve(req.request_id, req.prompt_token_ids)
+            if skip is None:
+                self.num_refusals += 1
+                if retried:
+                    self.retrying = False
+                    self.waiting.appendleft(req)
+                else:
+                    self.waiting.append(req)
+                self._arm_tick(now)
+                continue
+            self.transfers[req.request_id] = Transfer(req, d, skip)
+            p = self.route_prefill(self.prefill)
+            p.add(Request(req.request_id, req.prompt_token_ids, SamplingParams(max_tokens=1, ignore_eos=True),
+                          arrival_time=req.arrival_time))
+            self.kick(p)
+            if retried:  # granted: the next oldest asks at once
+                if self.waiting:
+                    self._send_reserve(self.waiting.popleft(), True)
+                else:
+                    self.retrying = False
 
     def _arm_tick(self, now: float) -> None:
         if not self.tick_pending:
@@ -77,16 +99,17 @@ class PDFlow:
             self.schedule(now + self.reserve_retry_s, None)
 
     def tick(self, now: float) -> None:
-        """Ask again for room, oldest request first. Nothing changed on the decode side: no room yet.
+        """Ask again for room for the oldest waiting request if the decode side changed since the
+        last tick (else the answer would still be no); each grant lets the next oldest ask.
 
-        The live router retries every waiting request each tick; we stop at the first refusal
-        (FIFO), which keeps a long wait queue cheap and only matters when decode memory is short.
+        The live router re-sends every waiting request each tick; one at a time (FIFO) keeps a long
+        wait queue cheap and only matters while decode memory is short.
         """
         self.tick_pending = False
-        if self.decode_changed:
+        if self.waiting and not self.retrying and self.decode_changed:
             self.decode_changed = False
-            while self.waiting and self._reserve(self.waiting[0]):
-                self.waiting.popleft()
+            self.retrying = True
+            self._send_reserve(self.waiting.popleft(), True)
         if self.waiting:
             self._arm_tick(now)
 

@@ -100,15 +100,18 @@ class Simulator:
         return self._records(specs)
 
     def _start_kicked(self, now: float, horizon: float) -> None:
-        kicked = list(self.kicked.values())
-        self.kicked.clear()
-        for inst in kicked:
-            if inst.batch is None:
-                self._run_steps(inst, now, horizon)
+        while self.kicked:  # starting one instance can hand work to another (disagg reservations)
+            kicked = list(self.kicked.values())
+            self.kicked.clear()
+            for inst in kicked:
+                if inst.batch is None:
+                    self._run_steps(inst, now, horizon)
 
     def _run_steps(self, inst: SimInstance, now: float, horizon: float) -> None:
         """Start `inst`'s next step at `now`; run its steps that end before `horizon` right here."""
         while True:
+            if inst.reserve_queue:
+                self.pd.decode_boundary(inst, now)
             end = inst.begin_step(now)
             if end is None:
                 return
@@ -152,7 +155,7 @@ class Simulator:
             inst.add(req)
             self._kick(inst)
         else:
-            self.pd.arrive(req, now)
+            self.pd.arrive(req)
 
     def _step_end(self, inst: SimInstance, now: float) -> None:
         sampled = inst.end_step(now)

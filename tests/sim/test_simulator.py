@@ -67,6 +67,15 @@ def test_disagg_reservation_keeps_a_block_per_running_request():
     assert d.reserve("c", list(range(500, 510))) == 0  # 1 block
 
 
+def test_disagg_reservation_is_answered_between_decode_steps():
+    fast = dataclasses.replace(DISAGG, link_bandwidth=1e15)
+    # a decodes from 0.110 in 12 ms steps; b arrives at 0.115, its reservation is answered when
+    # that step ends (0.122), then its 20-token prefill takes 30 ms
+    a, b = simulator(fast).run([spec(0, 0.0, 100, 50), spec(1, 0.115, 20, 5)])
+    assert a.token_times_s[1] == pytest.approx(0.122)
+    assert b.first_token_s == pytest.approx(0.122 + 0.030)
+
+
 def test_disagg_decode_prefix_hit_is_not_sent():
     sim = simulator(DISAGG)
     sim.run([spec(0, 0.0, 96, 2, hash_ids=(1, 2, 3)), spec(1, 5.0, 96, 2, hash_ids=(1, 2, 3))])

@@ -7,8 +7,10 @@ Step times on a shared host drift by 10-20% over minutes, so by default the prof
 before and after the live runs and the simulator uses their cellwise mean (errors with each of
 the two alone are printed too). Each live step is also checked against the profile directly.
 
-The live side is an in-process replay (benchmarks/live_replay.py) until `banaserve serve` exists:
-the same engines and scheduling, driven by the slice's arrival times in real time.
+The live side is `banaserve serve` (1 instance, or 1 prefill + 1 decode instance) measured by
+`banaserve bench` (--live serve, the default), or an in-process replay (--live inprocess,
+benchmarks/live_replay.py): the same engines driven by the slice's arrival times in one process,
+which also times every step against the profile.
 
     python benchmarks/sim_fidelity.py --out-dir results/fidelity            # ~15 min on 2 CPU cores
     python benchmarks/sim_fidelity.py --quick --out-dir /tmp/fid             # smoke run
@@ -19,8 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +78,54 @@ def step_error(steps, profile: str) -> str:
     return "; ".join(parts) or "no steps"
 
 
-def live(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | None, dict[str, list]]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"banaserve serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"banaserve serve not healthy after {timeout_s:.0f} s")
+
+
+def live_serve(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | None, dict[str, list]]:
+    """Start `banaserve serve` in `mode`, replay the slice with `banaserve bench`, stop the server."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    shape = ["--instances", "1"] if mode == "colocated" else ["--prefill", "1", "--decode", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(a.threads)}
+    log = open(out.with_suffix(".serve.log"), "w")  # closed below
+    cmd = [sys.executable, "-m", "banaserve", "serve", "--model", a.model, "--device", "cpu",
+           "--port", str(port), "--mode", mode, *shape, "--log-level", "warning"]
+    server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(url, server, 300)
+        banaserve("bench", "--endpoint", url, *workload_args(a), "--label", f"live serve {mode}",
+                  "--no-progress", "--out", str(out), stdout=log)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+    print(f"live serve {mode} done, load average {os.getloadavg()}", flush=True)
+    return None, {}
+
+
+def live_inprocess(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | None, dict[str, list]]:
     """Run the live replay; returns the measured KV copy bandwidth in Gbit/s (disagg) and the step
     logs (shape, seconds) of each engine."""
     import torch
@@ -152,6 +205,9 @@ def main() -> int:
     p.add_argument("--modes", default="colocated,disagg")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--switch-interval", type=float, default=0.0005, help="sys.setswitchinterval, disagg")
+    p.add_argument("--live", choices=("serve", "inprocess"), default="serve")
+    p.add_argument("--link-gbps", type=float, default=43.0,
+                   help="sim link for serve's shm push (docs/cluster.md measured 5.4 GB/s on this VM)")
     p.add_argument("--quick", action="store_true", help="small profile grid and 12 requests")
     a = p.parse_args()
     if a.quick:
@@ -173,6 +229,7 @@ def main() -> int:
         profiles = {"given": a.profile}
     else:
         profiles = {"before": measure_profile(str(out / "profile_before.json"))}
+    live = live_serve if a.live == "serve" else live_inprocess
     lives = {mode: live(a, mode, out / f"live_{mode}.json") for mode in modes}
     if not a.profile and not a.no_bracket:
         profiles["after"] = measure_profile(str(out / "profile_after.json"))
@@ -185,7 +242,7 @@ def main() -> int:
         for role, log in steps.items():
             print(f"live {role} steps vs {main_profile} profile: {step_error(log, profiles[main_profile])}")
         shape = ["--instances", "1"] if mode == "colocated" else ["--prefill", "1", "--decode", "1"]
-        link = ["--link-gbps", f"{gbps:.3f}", "--link-latency-us", "0"] if gbps else []
+        link = ["--link-gbps", f"{gbps or a.link_gbps:.3f}", "--link-latency-us", "0"]
         for name, prof in profiles.items():
             sim_path = out / f"sim_{mode}_{name}.json"
             with open(out / "simulate.log", "a") as log_file:

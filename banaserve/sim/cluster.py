@@ -26,6 +26,7 @@ class ClusterConfig:
     link_latency_s: float = 10e-6
     kv_bytes_per_token: int = 0  # whole model, all layers
     num_layers: int = 1
+    reserve_retry_s: float = 0.02  # as the live router (cluster/config.py)
 
     def validate(self) -> None:
         if self.mode not in (COLOCATED, DISAGG):

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from banaserve.engine.request import Request, RequestStatus
+from banaserve.engine.sampling_params import SamplingParams
 from banaserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from banaserve.kv.block_manager import BlockManager
 from banaserve.policies.view import DECODE, PREFILL, UNIFIED, InstanceStats
@@ -58,8 +59,10 @@ class SimInstance:
         self.busy_s = 0.0
         self.num_steps = 0
         self.last_step_s = 0.0
-        # decode role: requests whose KV has arrived into reserved blocks, waiting for a batch slot
-        self.transferred: deque[Request] = deque()
+        # decode role: reservations waiting for their KV, and requests whose KV has arrived
+        self.reserved: set[str] = set()
+        self.admitting: deque[Request] = deque()
+        self.reserve_queue: deque[tuple[Request, bool]] = deque()  # reservations sent, not yet handled
 
     @property
     def busy(self) -> bool:
@@ -85,10 +88,8 @@ class SimInstance:
     def begin_step(self, now: float) -> float | None:
         """Schedule a step at `now`; returns when it ends, or None when there is nothing to run."""
         sched = self.scheduler
-        while self.transferred and len(sched.running) < self.cfg.max_num_seqs:
-            req = self.transferred.popleft()
-            req.status = RequestStatus.RUNNING
-            sched.running.append(req)
+        while self.admitting:  # as the live instance does between steps (Scheduler.add_running)
+            sched.add_running(self.admitting.popleft())
         batch = sched.schedule()
         if not batch.requests:
             return None
@@ -117,40 +118,61 @@ class SimInstance:
             return True
         return False
 
-    # ----- disaggregation -----
+    # ----- disaggregation (mirrors cluster/decode_side.py and kv_connector.add_request_with_history) -----
 
-    def detach(self, req: Request) -> None:
-        """Prefill role: stop scheduling a prefilled request but keep its blocks until the KV is sent."""
-        self.scheduler.running.remove(req)
-        req.status = RequestStatus.WAITING
+    def reserve(self, request_id: str, prompt: list[int]) -> int | None:
+        """Decode role: hold blocks for the prompt's KV, taking this instance's prefix-cache hit.
+
+        Refused (None) when it would leave fewer free blocks than running requests (one block of
+        headroom each, so reservations never force preemptions). Returns the tokens already here.
+        """
+        blocks = self.blocks
+        cached, keys = blocks.find_cached_prefix(prompt)
+        need = blocks.blocks_for(len(prompt)) - len(cached)
+        if blocks.num_free_blocks - need < len(self.scheduler.running):
+            return None
+        if not blocks.allocate(request_id, len(prompt), cached, keys):
+            return None
+        self.reserved.add(request_id)
+        return len(cached) * blocks.block_size
 
     def release(self, request_id: str) -> None:
-        """Free the blocks a detached request kept (its KV transfer is done)."""
+        """Decode role: give a reservation back (the request ended on its prefill instance)."""
+        self.reserved.discard(request_id)
         self.blocks.free(request_id)
 
-    def reserve(self, req: Request) -> bool:
-        """Decode role: take blocks for the prompt's KV before it is pushed here; False if short."""
-        return self.blocks.allocate(req.request_id, req.num_prompt_tokens)
-
-    def admit_transferred(self, req: Request) -> None:
-        """Decode role: the prompt's KV is in the reserved blocks; run the request from here."""
-        self.transferred.append(req)
+    def admit(self, request_id: str, prompt: list[int], first_token: int, max_tokens: int) -> Request:
+        """Decode role: the prompt's KV is in the reserved blocks; the request runs from the next step."""
+        self.reserved.discard(request_id)
+        req = Request(request_id, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        req.all_token_ids.append(first_token)
+        req.num_computed_tokens = len(prompt)
+        req.status = RequestStatus.RUNNING
+        self.blocks.cache_computed(request_id, req.all_token_ids, len(prompt))
+        self.admitting.append(req)
+        return req
 
     # ----- load -----
 
     def stats(self) -> InstanceStats:
+        """What this instance would publish, plus the live router's own in-flight counts.
+
+        Simulated stats never lag, so the router-side counts are computed from the instance: the
+        requests assigned here and not finished (reservations included), and the prompt tokens of
+        those that have not produced a token here yet (the router drops them at the first output).
+        """
         sched = self.scheduler
-        queued = 0
-        for r in sched.waiting:
-            queued += r.num_tokens - r.num_computed_tokens
-        for r in sched.running:
-            if r.num_computed_tokens < r.num_prompt_tokens:
-                queued += r.num_prompt_tokens - r.num_computed_tokens
-        # simulated stats never lag, so the router-side "in flight" counts equal the engine's own
-        waiting = len(sched.waiting) + len(self.transferred)
+        queued = unprefilled = 0
+        for reqs in (sched.waiting, sched.running):
+            for r in reqs:
+                queued += len(r.all_token_ids) - r.num_computed_tokens
+                if len(r.all_token_ids) == len(r.prompt_token_ids):
+                    unprefilled += len(r.prompt_token_ids)
+        running = len(sched.running) + len(self.admitting)
         return InstanceStats(
-            instance_id=self.id, role=self.role, num_waiting=waiting, num_running=len(sched.running),
-            num_reserved=len(self.transferred), tokens_queued=queued, inflight_prefill_tokens=queued,
-            inflight_requests=waiting + len(sched.running), kv_blocks_used=self.blocks.num_used_blocks,
-            kv_blocks_total=self.cfg.num_blocks, step_time_ms=self.last_step_s * 1e3,
+            instance_id=self.id, role=self.role, num_waiting=len(sched.waiting), num_running=running,
+            num_reserved=len(self.reserved), tokens_queued=queued, kv_blocks_used=self.blocks.num_used_blocks,
+            kv_blocks_total=self.cfg.num_blocks, step_time_ms=self.last_step_s * 1e3, num_steps=self.num_steps,
+            num_preemptions=sched.num_preemptions, inflight_prefill_tokens=unprefilled,
+            inflight_requests=len(sched.waiting) + running + len(self.reserved) + len(self.reserve_queue),
         )

@@ -2,8 +2,9 @@
 
 The grid's axes are prefill tokens in the step (one fresh prompt chunk), decode batch size and
 decode context length. A step's time is interpolated multilinearly between grid points and
-extrapolated linearly past the last ones. Decode context is the longest one in the batch: the
-engine pads decode attention to it.
+extrapolated linearly past the last ones. A batch's decode context is its mean: the engine runs
+decode attention in groups of similar length (padding <= ~25%), so its cost follows the summed
+context, which the profile's uniform batches of B x C reproduce at C = mean.
 """
 
 from __future__ import annotations
@@ -119,5 +120,5 @@ class ProfileCostModel:
     def step_time(self, shape: BatchShape) -> float:
         if shape.num_tokens == 0:
             return 0.0
-        context = shape.decode_max_ctx if shape.decode_seqs else self.table.context[0]
+        context = shape.decode_ctx / shape.decode_seqs if shape.decode_seqs else self.table.context[0]
         return self.lookup(shape.prefill_tokens, shape.decode_seqs, context)

@@ -1,15 +1,12 @@
 """Discrete-event loop over simulated instances and KV links.
 
-Events are arrivals (from the sorted request specs), step ends and KV arrivals, kept in one heap
-of (time, seq, kind, payload). Idle instances that got work start a step once every event of
-the current instant has been handled, so simultaneous arrivals share a step as they would live.
+Events are arrivals (from the sorted request specs), step ends and PD events (reservation retry
+ticks, KV arrivals), kept in one heap of (time, seq, kind, payload). Idle instances that got work
+start a step once every event of the current instant has been handled, so simultaneous arrivals
+share a step as they would live.
 
 Colocated: a request is routed to one unified instance and runs there start to end.
-Disaggregated: the router picks a decode instance, which reserves blocks for the prompt's KV
-(the request waits in that instance's reservation queue while it has too few free blocks); then a
-prefill instance computes the prompt and the first token; the KV is pushed layer by layer over the
-prefill instance's link as each step computes it; once it has arrived the decode instance admits
-the request into its batch and decodes the rest.
+Disaggregated: the live router's PD flow, see pd.py.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import deque
 
 from banaserve.bench.prompts import PromptBuilder
 from banaserve.bench.results import FAILED, RequestRecord
@@ -29,8 +25,9 @@ from banaserve.sim.cluster import COLOCATED, ClusterConfig, make_router
 from banaserve.sim.cost_model import CostModel
 from banaserve.sim.instance import InstanceConfig, SimInstance
 from banaserve.sim.links import Link
+from banaserve.sim.pd import PDFlow
 
-STEP_END, KV_ARRIVED = 0, 1
+STEP_END, PD_EVENT = 0, 1
 
 
 class Simulator:
@@ -54,13 +51,11 @@ class Simulator:
         self.instances = self.unified + self.prefill + self.decode
         self.links = {p.id: Link(cluster.link_bandwidth, cluster.link_latency_s) for p in self.prefill}
         self.route_unified = make_router(cluster.routing, UNIFIED)
-        self.route_prefill = make_router(cluster.routing, PREFILL)
-        self.route_decode = make_router(cluster.routing, DECODE)
+        # the live router picks prefill and decode instances least-loaded whatever --routing says
+        self.pd = PDFlow(self.prefill, self.decode, self.links, make_router("least_loaded", PREFILL),
+                         make_router("least_loaded", DECODE), cluster.kv_bytes_per_token, cluster.num_layers,
+                         cluster.reserve_retry_s, self._kick, self._schedule_pd)
         self.records: dict[str, RequestRecord] = {}
-        self.prefill_of: dict[str, SimInstance] = {}
-        self.decode_of: dict[str, SimInstance] = {}
-        self.pending: dict[int, deque[Request]] = {d.id: deque() for d in self.decode}  # reservation queues
-        self.kv_ready: dict[int, float] = {}  # prefill instance id -> when its last step's KV lands
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = itertools.count()
         self.kicked: dict[int, SimInstance] = {}
@@ -79,8 +74,10 @@ class Simulator:
                 now, _, kind, obj = heapq.heappop(heap)
                 if kind == STEP_END:
                     self._step_end(obj, now)  # type: ignore[arg-type]
+                elif obj is None:
+                    self.pd.tick(now)
                 else:
-                    self._kv_arrived(obj, now)  # type: ignore[arg-type]
+                    self.pd.admit(obj)  # type: ignore[arg-type]
             elif i < n:
                 now = arrivals[i]
                 self._arrive(specs[i], now)
@@ -103,20 +100,25 @@ class Simulator:
         return self._records(specs)
 
     def _start_kicked(self, now: float, horizon: float) -> None:
-        kicked = list(self.kicked.values())
-        self.kicked.clear()
-        for inst in kicked:
-            if inst.batch is None:
-                self._run_steps(inst, now, horizon)
+        while self.kicked:  # starting one instance can hand work to another (disagg reservations)
+            kicked = list(self.kicked.values())
+            self.kicked.clear()
+            for inst in kicked:
+                if inst.batch is None:
+                    self._run_steps(inst, now, horizon)
 
     def _run_steps(self, inst: SimInstance, now: float, horizon: float) -> None:
         """Start `inst`'s next step at `now`; run its steps that end before `horizon` right here."""
         while True:
+            if inst.reserve_queue:
+                self.pd.decode_boundary(inst, now)
             end = inst.begin_step(now)
             if end is None:
                 return
             if end < now:
                 end = now
+            if inst.role == PREFILL:
+                end = self.pd.push(inst, now, end)
             if end >= horizon:
                 heapq.heappush(self.heap, (end, next(self.seq), STEP_END, inst))
                 return
@@ -129,6 +131,9 @@ class Simulator:
 
     def _kick(self, inst: SimInstance) -> None:
         self.kicked[inst.id] = inst
+
+    def _schedule_pd(self, time: float, payload: object) -> None:
+        heapq.heappush(self.heap, (time, next(self.seq), PD_EVENT, payload))
 
     # ----- events -----
 
@@ -149,83 +154,25 @@ class Simulator:
             inst = self.route_unified(self.unified)
             inst.add(req)
             self._kick(inst)
-            return
-        d = self.route_decode(self.decode)
-        self.decode_of[rid] = d
-        queue = self.pending[d.id]
-        if queue or not d.reserve(req):
-            queue.append(req)
         else:
-            self._to_prefill(req)
-
-    def _to_prefill(self, req: Request) -> None:
-        p = self.route_prefill(self.prefill)
-        self.prefill_of[req.request_id] = p
-        p.add(req)
-        self._kick(p)
-
-    def _retry_reservations(self, d: SimInstance) -> None:
-        queue = self.pending[d.id]
-        while queue and d.reserve(queue[0]):
-            self._to_prefill(queue.popleft())
+            self.pd.arrive(req)
 
     def _step_end(self, inst: SimInstance, now: float) -> None:
-        if inst.role == PREFILL:
-            self._push_kv(inst, now)
         sampled = inst.end_step(now)
         records = self.records
-        freed = False
+        prefill = inst.role == PREFILL
         for req in sampled:
             rec = records[req.request_id]
             if rec.first_token_s is None:
                 rec.first_token_s = now
             rec.token_times_s.append(now)
-            if inst.role == PREFILL:
-                self._prefilled(inst, req, now)
-            elif inst.append_token(req):
+            done = self.pd.prefilled(inst, req, now) if prefill else inst.append_token(req)
+            if done:
                 rec.end_s = now
-                rec.output_tokens = req.num_output_tokens
-                freed = True
-        if freed and inst.role == DECODE:
-            self._retry_reservations(inst)
+                rec.output_tokens = len(rec.token_times_s)
+        if inst.role == DECODE:
+            self.pd.decode_changed = True
         self._kick(inst)
-
-    def _push_kv(self, p: SimInstance, now: float) -> None:
-        """Push the KV this step computed (and any prefix-cache hit it started from) over p's link."""
-        batch = p.batch
-        assert batch is not None
-        tokens = 0
-        for req, n in zip(batch.requests, batch.num_tokens, strict=True):
-            start = req.num_computed_tokens  # not committed yet: the chunk's start
-            tokens += n
-            if start and start == req.num_cached_tokens:
-                tokens += start  # cached prefix: already in memory, sent with the first chunk
-        nbytes = tokens * self.cfg.kv_bytes_per_token
-        self.kv_ready[p.id] = self.links[p.id].push_layerwise(p.step_start, now, nbytes, self.cfg.num_layers)
-
-    def _prefilled(self, p: SimInstance, req: Request, now: float) -> None:
-        """The prefill produced the first token: finish here or hand the request to its decode
-        instance once its KV has arrived."""
-        rid = req.request_id
-        d = self.decode_of[rid]
-        if p.append_token(req):  # max_tokens 1: done, nothing to transfer
-            rec = self.records[rid]
-            rec.end_s, rec.output_tokens = now, req.num_output_tokens
-            del self.prefill_of[rid], self.decode_of[rid]
-            d.blocks.free(rid)
-            self._retry_reservations(d)
-            return
-        p.detach(req)
-        heapq.heappush(self.heap, (self.kv_ready[p.id], next(self.seq), KV_ARRIVED, req))
-
-    def _kv_arrived(self, req: Request, now: float) -> None:
-        rid = req.request_id
-        p = self.prefill_of.pop(rid)
-        p.release(rid)
-        self._kick(p)
-        d = self.decode_of.pop(rid)
-        d.admit_transferred(req)
-        self._kick(d)
 
     # ----- results -----
 

@@ -4,7 +4,6 @@ import pytest
 
 from banaserve.bench.metrics import SLO, summarize, tpot_s, ttft_s
 from banaserve.sim.cluster import ClusterConfig
-from banaserve.sim.links import Link
 from tests.sim.helpers import simulator, spec
 
 DISAGG = ClusterConfig(mode="disagg", num_prefill=1, num_decode=1, link_bandwidth=1e6, link_latency_s=0.0,
@@ -22,42 +21,6 @@ def test_colocated_single_request_by_hand():
 def test_arrivals_in_the_same_instant_share_a_step():
     recs = simulator().run([spec(0, 0.0, 50, 2), spec(1, 0.0, 50, 2)])
     assert recs[0].first_token_s == recs[1].first_token_s == pytest.approx(0.010 + 0.100)
-
-
-def test_disagg_single_request_by_hand():
-    (rec,) = simulator(DISAGG).run([spec(0, 0.0, 100, 5)])
-    assert rec.ok and rec.output_tokens == 5
-    assert rec.first_token_s == pytest.approx(0.110)  # the prefill instance makes the first token
-    # 100 KB at 1 MB/s (100 ms) pushed layer by layer during the 110 ms prefill: only the last
-    # layer's 10 ms is left when the prefill ends
-    kv_arrival = Link(1e6).push_layerwise(0.0, 0.110, 100 * 1000, 10)
-    assert kv_arrival == pytest.approx(0.110 + 0.010)
-    assert rec.token_times_s[1] == pytest.approx(kv_arrival + 0.012)
-    assert rec.end_s == pytest.approx(kv_arrival + 4 * 0.012)
-
-
-def test_disagg_one_token_requests_finish_on_the_prefill_instance():
-    sim = simulator(DISAGG)
-    (rec,) = sim.run([spec(0, 0.0, 100, 1)])
-    assert rec.ok and rec.end_s == pytest.approx(0.110)
-    assert sim.links[0].bytes_sent == 100 * 1000  # pushed while computing, before the length was known
-    assert sim.decode[0].blocks.num_used_blocks == 0 and sim.prefill[0].blocks.num_used_blocks == 0
-
-
-def test_disagg_decode_reservation_waits_for_free_blocks():
-    # decode blocks for one 100-token prompt (7 of 10) at a time: the second request's prefill
-    # starts only when the first has finished decoding and freed its blocks
-    sim = simulator(DISAGG, num_blocks=10)
-    first, second = sim.run([spec(0, 0.0, 100, 20), spec(1, 0.0, 100, 20)])
-    assert first.ok and second.ok
-    assert second.first_token_s > first.end_s
-    assert all(i.blocks.num_used_blocks == 0 for i in sim.instances)
-
-
-def test_disagg_cached_prefix_is_sent_too():
-    sim = simulator(DISAGG)
-    sim.run([spec(0, 0.0, 96, 2, hash_ids=(1, 2, 3)), spec(1, 5.0, 96, 2, hash_ids=(1, 2, 3))])
-    assert sim.links[0].bytes_sent == 2 * 96 * 1000
 
 
 def test_prompts_that_do_not_fit_fail_like_the_engine():

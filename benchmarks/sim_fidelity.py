@@ -182,6 +182,8 @@ def error(sim: float | None, ref: float | None) -> str:
 
 METRICS = (("mean TTFT ms", lambda s: s["ttft_ms"]["mean"]),
            ("mean TPOT ms", lambda s: s["tpot_ms"]["mean"]),
+           ("median TTFT ms", lambda s: s["ttft_ms"]["median"]),
+           ("median TPOT ms", lambda s: s["tpot_ms"]["median"]),
            ("output tok/s", lambda s: s["output_throughput"]),
            ("requests/s", lambda s: s["request_throughput"]))
 
@@ -255,13 +257,13 @@ def main() -> int:
                 banaserve("simulate", *workload_args(a), "--hardware", prof, "--mode", mode, *shape, *link,
                           "--label", f"sim {mode}", "--out", str(sim_path), stdout=log_file)
             results[mode, name] = read_result(sim_path).summary
-    print(f"\n{'mode':<10} {'metric':<14} {'live':>10} {'sim':>10} {'error':>8}"
+    print(f"\n{'mode':<10} {'metric':<16} {'live':>10} {'sim':>10} {'error':>8}"
           f"   (sim with the {main_profile} profile)")
     lines = []
     for mode in modes:
         ref, sim = read_result(out / f"live_{mode}.json").summary, results[mode, main_profile]
         for name, get in METRICS:
-            print(f"{mode:<10} {name:<14} {get(ref):>10.2f} {get(sim):>10.2f} {error(get(sim), get(ref)):>8}")
+            print(f"{mode:<10} {name:<16} {get(ref):>10.2f} {get(sim):>10.2f} {error(get(sim), get(ref)):>8}")
         for name in profiles:
             print(f"  {mode} with the {name} profile: {headline(ref, results[mode, name])}")
         lines.append(f"{mode} {headline(ref, sim)}")

@@ -79,7 +79,7 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device) -> tuple[Dec
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.rope.build(device)
-    return model.eval(), cfg
+    return model.train(False), cfg  # inference mode for every module
 
 
 def _read_param(name: str, read) -> torch.Tensor:

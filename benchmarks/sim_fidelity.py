@@ -136,7 +136,8 @@ def live_inprocess(a: argparse.Namespace, mode: str, out: Path) -> tuple[float |
     from live_replay import DisaggReplay, StepLog, replay_colocated
 
     torch.set_num_threads(a.threads)
-    wl = WorkloadConfig(trace=a.trace, num_requests=a.num_requests, time_scale=a.time_scale, rate=a.rate,
+    wl = WorkloadConfig(trace=a.trace, num_requests=a.num_requests, rate=a.rate,
+                        time_scale=a.time_scale if a.rate is None else 1.0,
                         length_scale=a.length_scale, max_input=a.max_input, max_output=a.max_output,
                         seed=a.seed)
     specs = build_specs(wl)

@@ -10,6 +10,7 @@ import torch
 from banaserve.engine.request import Request
 from banaserve.engine.sampler import sample
 from banaserve.engine.scheduler import ScheduledBatch
+from banaserve.kv.cpu_kernel import kernel_supports
 from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from banaserve.models.decoder import DecoderModel
 
@@ -23,6 +24,20 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        self._workspace: torch.Tensor | None = None  # decode gather scratch, grown on demand
+        self.native_decode = kernel_supports(kv_caches[0]) if kv_caches else False
+
+    def _decode_workspace(self, groups: list[DecodeGroup]) -> torch.Tensor | None:
+        """Scratch big enough for the largest decode group's K and V blocks, kept across steps."""
+        need = max((2 * g.block_tables.numel() for g in groups), default=0)
+        if need == 0:
+            return None
+        if self._workspace is None or self._workspace.shape[0] < need:
+            _, _, bs, h, d = self.kv_caches[0].shape
+            # grow geometrically so a slowly rising context does not reallocate every step
+            size = max(need, int(1.25 * self._workspace.shape[0]) if self._workspace is not None else 0)
+            self._workspace = torch.empty((size, bs, h, d), dtype=self.kv_caches[0].dtype, device=self.device)
+        return self._workspace
 
     def prepare(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]
                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[tuple[int, Request]]]:
@@ -60,6 +75,8 @@ class ModelRunner:
         if decodes:
             slots.append(torch.tensor(decode_slots, dtype=torch.int64))
             meta.decodes = self._decode_groups(decode_start, decodes, block_tables)
+            if not self.native_decode:
+                meta.workspace = self._decode_workspace(meta.decodes)
         meta.slot_mapping = torch.cat(slots).to(dev, non_blocking=True)
         input_ids = torch.tensor(ids, dtype=torch.int64).to(dev, non_blocking=True)
         positions = torch.tensor(pos, dtype=torch.int64).to(dev, non_blocking=True)
@@ -67,22 +84,24 @@ class ModelRunner:
 
     def _decode_groups(self, q_start: int, decodes: list[Request], block_tables: dict[str, list[int]]
                        ) -> list[DecodeGroup]:
-        """Split decodes (sorted by context) into groups whose padding is at most ~25%."""
+        """One group for the native kernel; else groups (decodes sorted by context) padded <= ~25%."""
         bs, dev = self.block_size, self.device
         tables = [block_tables[r.request_id][:r.num_computed_tokens // bs + 1] for r in decodes]
         groups: list[DecodeGroup] = []
         i = 0
         while i < len(decodes):
-            j = i + 1
+            j = len(decodes) if self.native_decode else i + 1
             limit = len(tables[i]) * 1.25 + 1
             while j < len(decodes) and len(tables[j]) <= limit:
                 j += 1
-            width = len(tables[j - 1])
+            width = max(len(t) for t in tables[i:j])
             padded = [t + [0] * (width - len(t)) for t in tables[i:j]]
-            ctx = torch.tensor([r.num_computed_tokens + 1 for r in decodes[i:j]])
-            mask = (torch.arange(width * bs)[None, :] < ctx[:, None])[:, None, None, :]
+            ctx = torch.tensor([r.num_computed_tokens + 1 for r in decodes[i:j]], dtype=torch.int64)
+            mask = None
+            if not self.native_decode:
+                mask = (torch.arange(width * bs)[None, :] < ctx[:, None])[:, None, None, :].to(dev, non_blocking=True)
             groups.append(DecodeGroup(q_start + i, torch.tensor(padded, dtype=torch.int64).to(dev, non_blocking=True),
-                                      mask.to(dev, non_blocking=True)))
+                                      ctx.to(dev, non_blocking=True), mask))
             i = j
         return groups
 

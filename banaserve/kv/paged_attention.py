@@ -2,9 +2,9 @@
 
 A layer's cache is one tensor [2, num_blocks, block_size, num_kv_heads, head_dim]. A step's
 tokens are laid out prefill sequences first (each a contiguous chunk), then decode tokens
-(one per sequence, sorted by context length). Prefill chunks run one SDPA call each; decodes
-run in groups of similar context length, each one padded batch, so padding stays small
-(gathering and attending over padding is what decode attention would otherwise spend on).
+(one per sequence, sorted by context length). Prefill chunks run one SDPA call each. Decodes run
+in one call of the native CPU kernel (kv/cpu_kernel.py) where it applies, else in groups of
+similar context length, each one padded batch gathered from the pages, so padding stays small.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from banaserve.kv.cpu_kernel import paged_decode_attention
 
 
 @dataclass(slots=True)
@@ -31,7 +33,18 @@ class DecodeGroup:
 
     q_start: int
     block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0
-    mask: torch.Tensor  # [B, 1, 1, max_blocks * block_size] bool: real context slots
+    ctx_lens: torch.Tensor  # [B] int64: context length of each query (incl. its own token)
+    # [B, 1, 1, max_blocks * block_size] bool, real context slots; None: use the native CPU kernel,
+    # which reads exactly ctx_lens tokens of each sequence and needs no mask or padding
+    mask: torch.Tensor | None = None
+    gather_index: torch.Tensor | None = None  # [2 * B * max_blocks]: K rows then V rows of the flat cache
+
+    def kv_rows(self, num_blocks: int) -> torch.Tensor:
+        """Row indices into the cache viewed as [2 * num_blocks, ...]: the group's K blocks, then its V blocks."""
+        if self.gather_index is None:
+            flat = self.block_tables.reshape(-1)
+            self.gather_index = torch.cat((flat, flat + num_blocks))
+        return self.gather_index
 
 
 @dataclass(slots=True)
@@ -39,6 +52,10 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: cache slot (block * block_size + offset) of every new token
     prefills: list[PrefillChunk] = field(default_factory=list)
     decodes: list[DecodeGroup] = field(default_factory=list)
+    # [>= 2 * B * max_blocks, block_size, Hkv, D] scratch that every layer gathers decode KV into.
+    # A fresh tensor per layer would cost a page fault per 4 KiB on CPU (large allocations are
+    # mmapped and unmapped each time), which measured slower than the attention itself.
+    workspace: torch.Tensor | None = None
 
 
 def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -76,14 +93,22 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
             attn_mask=mask, is_causal=causal, enable_gqa=True,
         )
         out[p.q_start:p.q_start + p.q_len] = o[0].transpose(0, 1)
-    h, d = kv_cache.shape[-2:]
+    _, nb, bs, h, d = kv_cache.shape
+    flat_cache = kv_cache.view(2 * nb, bs, h, d)
     for g in meta.decodes:
-        bt = g.block_tables
-        n = bt.shape[0]
+        n, width = g.block_tables.shape
+        if g.mask is None:
+            out[g.q_start:g.q_start + n] = paged_decode_attention(q[g.q_start:g.q_start + n], kv_cache,
+                                                                  g.block_tables, g.ctx_lens)
+            continue
+        rows = g.kv_rows(nb)
+        ws = None if meta.workspace is None else meta.workspace[:rows.numel()]
         # index_select on the flat table: far faster than advanced indexing on CPU
-        kd = kv_cache[0].index_select(0, bt.view(-1)).view(n, -1, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
-        vd = kv_cache[1].index_select(0, bt.view(-1)).view(n, -1, h, d).transpose(1, 2)
-        qd = q[g.q_start:g.q_start + n].unsqueeze(2)  # [B, Hq, 1, D]
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask, enable_gqa=True)
-        out[g.q_start:g.q_start + n] = o.squeeze(2)
+        kv = torch.index_select(flat_cache, 0, rows, out=ws) if ws is not None else flat_cache.index_select(0, rows)
+        kd = kv[:n * width].view(n, width * bs, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
+        vd = kv[n * width:].view(n, width * bs, h, d).transpose(1, 2)
+        # the query heads sharing a KV head become that head's query rows: no K/V repeat for GQA
+        qd = q[g.q_start:g.q_start + n].view(n, h, -1, d)  # [B, Hkv, Hq / Hkv, D]
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask)
+        out[g.q_start:g.q_start + n] = o.reshape(n, -1, d)
     return out

@@ -37,6 +37,7 @@ class RotaryEmbedding(torch.nn.Module):
         super().__init__()
         self.args = (head_dim, theta, scaling)
         self.max_positions = max_positions
+        self._last: tuple | None = None  # (positions, dtype, cos, sin) of the last call
         self.build("cpu")
 
     def build(self, device: torch.device | str) -> None:
@@ -46,14 +47,32 @@ class RotaryEmbedding(torch.nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", emb.cos().to(device), persistent=False)
         self.register_buffer("sin", emb.sin().to(device), persistent=False)
+        self._last = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # q: [T, Hq, D], k: [T, Hkv, D]; tables are fp32 and cast like HF does
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos, sin = self._tables(positions, q.dtype)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Half-width cos/sin [T, 1, D/2] at `positions`, reused while every layer of a step asks
+        with the same positions tensor (the two halves of HF's tables are equal)."""
+        cached = self._last
+        if cached is not None and cached[0] is positions and cached[1] == dtype:
+            return cached[2], cached[3]
+        half = self.cos.shape[-1] // 2
+        cos = self.cos[positions, :half].to(dtype).unsqueeze(1)
+        sin = self.sin[positions, :half].to(dtype).unsqueeze(1)
+        self._last = (positions, dtype, cos, sin)
+        return cos, sin
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, written per half: the same products and sums as HF's form
+    ((-b) * s == -(b * s) exactly), without materialising rotate_half."""
     half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    a, b = x[..., :half], x[..., half:]
+    out = torch.empty_like(x)
+    torch.sub(a * cos, b * sin, out=out[..., :half])
+    torch.add(b * cos, a * sin, out=out[..., half:])
+    return out

@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--trace-file", default=None, help="default: azure-conv from ../shared/traces")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="32 requests clipped to 256 in / 64 out")
+    ap.add_argument("--phases", action="store_true",
+                    help="also time both with one output token each: prompt (prefill) time vs the rest")
     args = ap.parse_args()
     if args.quick:
         args.num_requests, args.max_input, args.max_output = 32, 256, 64
@@ -92,6 +94,12 @@ def main() -> None:
               f"preset {args.preset}, {args.device} {dtype}, torch threads {torch.get_num_threads()}")
         t_hf, hf_tokens = run_hf(path, prompts, outs, args.device, dtype, args.hf_batch_size)
         t_bs, bs_tokens = run_banaserve(path, prompts, outs, args.device, dtype)
+        if args.phases:
+            ones = [1] * len(outs)
+            p_hf = run_hf(path, prompts, ones, args.device, dtype, args.hf_batch_size)[0]
+            p_bs = run_banaserve(path, prompts, ones, args.device, dtype)[0]
+            for name, full, pre in (("transformers", t_hf, p_hf), ("banaserve", t_bs, p_bs)):
+                print(f"{name:<12} prompts with 1 output token: {pre:.1f} s; the other tokens: {full - pre:.1f} s")
     same = sum(a == b for a, b in zip(hf_tokens, bs_tokens))
     print(f"transformers generate (batch {args.hf_batch_size}): {t_hf:.1f} s, {total_out / t_hf:.1f} output tok/s")
     print(f"banaserve LLM.generate:                 {t_bs:.1f} s, {total_out / t_bs:.1f} output tok/s")

@@ -171,6 +171,8 @@ def mean_profile(paths: list[str], out: str) -> None:
     cells = [d["step_time_s"] for d in docs]
     merged["step_time_s"] = [[[sum(c[i][j][k] for c in cells) / len(cells) for k in range(len(row[j]))]
                               for j in range(len(row))] for i, row in enumerate(cells[0])]
+    if all("serving" in d for d in docs):
+        merged["serving"] = {k: sum(d["serving"][k] for d in docs) / len(docs) for k in docs[0]["serving"]}
     merged["meta"] = {**merged["meta"], "mean_of": paths}
     Path(out).write_text(json.dumps(merged, indent=1))
 
@@ -218,6 +220,8 @@ def main() -> int:
     p.add_argument("--link-gbps", type=float, default=43.0,
                    help="sim link for serve's shm push (docs/cluster.md measured 5.4 GB/s on this VM)")
     p.add_argument("--quick", action="store_true", help="small profile grid and 12 requests")
+    p.add_argument("--no-serving", action="store_true",
+                   help="simulate with the engine's step times alone (no measured serving overheads)")
     a = p.parse_args()
     if a.quick:
         a.num_requests = min(a.num_requests, 12)
@@ -228,34 +232,47 @@ def main() -> int:
 
         a.model = default_model_path()
 
-    def measure_profile(path: str) -> str:
+    modes = a.modes.split(",")
+
+    def measure_profile(path: str) -> dict[str, str]:
+        """The engine grid, then per mode a copy with that mode's serving overheads measured live
+        (banaserve profile --serving; synthetic requests, not the slice). In-process replays have
+        no server, so they use the grid alone."""
         banaserve("profile", "--model", a.model, "--threads", str(a.threads), "--out", path, "--quiet",
                   *(["--quick"] if a.quick else []))
-        return path
+        if a.live != "serve" or a.no_serving:
+            return {mode: path for mode in modes}
+        out_paths = {}
+        for mode in modes:
+            out_paths[mode] = path.replace(".json", f"_{mode}.json")
+            banaserve("profile", "--model", a.model, "--threads", str(a.threads), "--profile", path,
+                      "--serving", mode, "--out", out_paths[mode], "--quiet")
+        return out_paths
 
-    modes = a.modes.split(",")
     if a.profile:
-        profiles = {"given": a.profile}
+        profiles = {"given": {mode: a.profile for mode in modes}}
     else:
         profiles = {"before": measure_profile(str(out / "profile_before.json"))}
     live = live_serve if a.live == "serve" else live_inprocess
     lives = {mode: live(a, mode, out / f"live_{mode}.json") for mode in modes}
     if not a.profile and not a.no_bracket:
         profiles["after"] = measure_profile(str(out / "profile_after.json"))
-        mean_profile([profiles["before"], profiles["after"]], str(out / "profile.json"))
-        profiles["mean"] = str(out / "profile.json")
+        profiles["mean"] = {}
+        for mode in modes:
+            profiles["mean"][mode] = str(out / f"profile_{mode}.json")
+            mean_profile([profiles["before"][mode], profiles["after"][mode]], profiles["mean"][mode])
     main_profile = list(profiles)[-1]
     results = {}
     for mode in modes:
         gbps, steps = lives[mode]
         for role, log in steps.items():
-            print(f"live {role} steps vs {main_profile} profile: {step_error(log, profiles[main_profile])}")
+            print(f"live {role} steps vs {main_profile} profile: {step_error(log, profiles[main_profile][mode])}")
         shape = ["--instances", "1"] if mode == "colocated" else ["--prefill", "1", "--decode", "1"]
         link = ["--link-gbps", f"{gbps or a.link_gbps:.3f}", "--link-latency-us", "0"]
         for name, prof in profiles.items():
             sim_path = out / f"sim_{mode}_{name}.json"
             with open(out / "simulate.log", "a") as log_file:
-                banaserve("simulate", *workload_args(a), "--hardware", prof, "--mode", mode, *shape, *link,
+                banaserve("simulate", *workload_args(a), "--hardware", prof[mode], "--mode", mode, *shape, *link,
                           "--label", f"sim {mode}", "--out", str(sim_path), stdout=log_file)
             results[mode, name] = read_result(sim_path).summary
     print(f"\n{'mode':<10} {'metric':<16} {'live':>10} {'sim':>10} {'error':>8}"

@@ -66,11 +66,17 @@ def batch_shape(batch: ScheduledBatch) -> BatchShape:
 class CostModel(Protocol):
     """Seconds one step of a batch of this shape takes on one instance."""
 
+    # latency a request spends in the serving front end (HTTP, tokenizer, router) before it
+    # reaches an instance; the simulator delays its routing by this much
+    request_overhead_s: float
+
     def step_time(self, shape: BatchShape) -> float: ...
 
 
 class RooflineCostModel:
     """Roofline step time of `model` on a TP group of `tp` accelerators `hw`."""
+
+    request_overhead_s = 0.0  # a datacenter front end runs on its own cores: no modelled delay
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int = 1):
         if tp < 1:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from banaserve.sim.profile_table import ProfileTable, load_profile
 from banaserve.sim.profiler import DEFAULT_GRID, QUICK_GRID, ProfileGrid
 
 
@@ -48,6 +49,11 @@ def build_parser() -> Parser:
     p.add_argument("--quick", action="store_true", help="a small grid (minutes on CPU), for smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-point progress lines")
+    p.add_argument("--serving", choices=("colocated", "disagg"), default=None,
+                   help="also measure what a live `banaserve serve` of this mode adds per step and per "
+                        "request (sim/serving_calibration.py); CPU only")
+    p.add_argument("--profile", default=None,
+                   help="with --serving: add the serving overheads to this profile instead of measuring a grid")
     return p
 
 
@@ -72,6 +78,10 @@ def main(argv: list[str]) -> int:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(out_dir):
             raise ArgError(f"--out directory {out_dir} does not exist")
+        if args.profile is not None:
+            if args.serving is None:
+                raise ArgError("--profile needs --serving")
+            return add_serving(args, load_profile(args.profile))
         import torch  # the engine's imports are slow: only after the arguments are known good
 
         from banaserve.engine.config import EngineConfig
@@ -92,8 +102,36 @@ def main(argv: list[str]) -> int:
         return int(e.code or 0)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     table = profile_engine(engine, grid, torch.get_num_threads(), args.seed, log)
+    del engine  # free its KV cache before a server is started next to this process
+    if args.serving is not None:
+        return add_serving(args, table)
     with open(args.out, "w") as f:
         json.dump(table.to_json(), f, indent=1)
     print(f"wrote {args.out} ({len(grid.prefill_tokens) * len(grid.decode_batch) * len(grid.context)} "
           f"grid points, {table.meta['duration_s']} s, {grid.repeats} repeats)")
+    return 0
+
+
+def add_serving(args: argparse.Namespace, table: ProfileTable) -> int:
+    """Measure the serving overheads of `args.serving` against a live server; write the profile."""
+    from banaserve.models.make_model import default_model_path
+    from banaserve.sim.serving_calibration import Calibration, calibrate
+
+    if args.device != "cpu":
+        print("banaserve profile: error: --serving is measured on cpu only", file=sys.stderr)
+        return 2
+    threads = args.threads or int(table.meta.get("threads") or 1)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        table.serving = calibrate(table, args.model or default_model_path(),
+                                  Calibration(mode=args.serving, threads=threads), log)
+    except (RuntimeError, OSError) as e:
+        print(f"banaserve profile: error: serving calibration failed: {e}", file=sys.stderr)
+        return 1
+    table.meta = {**table.meta, "serving_mode": args.serving}
+    with open(args.out, "w") as f:
+        json.dump(table.to_json(), f, indent=1)
+    s = table.serving
+    print(f"wrote {args.out} (serving {args.serving}: step overhead {1e3 * s['step_overhead_s']:.2f} ms, "
+          f"request overhead {1e3 * s['request_overhead_s']:.1f} ms)")
     return 0

@@ -18,6 +18,7 @@ from banaserve.sim.cost_model import BatchShape
 from banaserve.sim.model_configs import ModelSpec
 
 SCHEMA = "banaserve-profile/1"
+SERVING_KEYS = ("step_overhead_s", "request_overhead_s")
 
 
 @dataclass(slots=True)
@@ -31,6 +32,10 @@ class ProfileTable:
     model: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields of the profiled model
     engine: dict[str, Any] = field(default_factory=dict)  # engine settings it ran with
     meta: dict[str, Any] = field(default_factory=dict)  # device, threads, date, ...
+    # what a live `banaserve serve` adds (sim/serving_calibration.py): step_overhead_s on every
+    # step (instance loop, messaging) and request_overhead_s once per request (HTTP, tokenizer,
+    # router, streaming back); empty when not measured
+    serving: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         axes = (("prefill_tokens", self.prefill_tokens), ("decode_batch", self.decode_batch),
@@ -47,6 +52,8 @@ class ProfileTable:
             raise ValueError("profile step_time_s does not match its axes")
         if any(not (v >= 0) for row in t for col in row for v in col):
             raise ValueError("profile step times must be numbers >= 0")
+        if set(self.serving) - set(SERVING_KEYS) or any(not (v >= 0) for v in self.serving.values()):
+            raise ValueError(f"profile serving overheads must be {', '.join(SERVING_KEYS)} >= 0")
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(**self.model)
@@ -55,7 +62,7 @@ class ProfileTable:
         return {"schema": SCHEMA, "meta": self.meta, "model": self.model, "engine": self.engine,
                 "axes": {"prefill_tokens": self.prefill_tokens, "decode_batch": self.decode_batch,
                          "context": self.context},
-                "step_time_s": self.step_time_s}
+                "step_time_s": self.step_time_s, **({"serving": self.serving} if self.serving else {})}
 
 
 def is_profile(doc: object) -> bool:
@@ -71,6 +78,7 @@ def profile_from_json(doc: dict, where: str = "profile") -> ProfileTable:
             context=[int(x) for x in axes["context"]],
             step_time_s=[[[float(v) for v in col] for col in row] for row in doc["step_time_s"]],
             model=dict(doc["model"]), engine=dict(doc.get("engine") or {}), meta=dict(doc.get("meta") or {}),
+            serving={str(k): float(v) for k, v in (doc.get("serving") or {}).items()},
         )
         table.validate()
         table.model_spec()
@@ -103,6 +111,8 @@ class ProfileCostModel:
     def __init__(self, table: ProfileTable):
         table.validate()
         self.table = table
+        self.step_overhead_s = table.serving.get("step_overhead_s", 0.0)
+        self.request_overhead_s = table.serving.get("request_overhead_s", 0.0)
 
     def lookup(self, prefill_tokens: float, decode_batch: float, context: float) -> float:
         t = self.table
@@ -121,4 +131,4 @@ class ProfileCostModel:
         if shape.num_tokens == 0:
             return 0.0
         context = shape.decode_ctx / shape.decode_seqs if shape.decode_seqs else self.table.context[0]
-        return self.lookup(shape.prefill_tokens, shape.decode_seqs, context)
+        return self.lookup(shape.prefill_tokens, shape.decode_seqs, context) + self.step_overhead_s

@@ -55,6 +55,7 @@ class Simulator:
         self.pd = PDFlow(self.prefill, self.decode, self.links, make_router("least_loaded", PREFILL),
                          make_router("least_loaded", DECODE), cluster.kv_bytes_per_token, cluster.num_layers,
                          cluster.reserve_retry_s, self._kick, self._schedule_pd)
+        self.request_overhead_s = cost.request_overhead_s
         self.records: dict[str, RequestRecord] = {}
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = itertools.count()
@@ -66,7 +67,9 @@ class Simulator:
 
     def run(self, specs: list[RequestSpec]) -> list[RequestRecord]:
         specs = sorted(specs, key=lambda s: s.arrival_s)
-        arrivals = [s.arrival_s for s in specs] + [math.inf]
+        # a request reaches the router after the front end's latency; its record keeps the arrival
+        delay = self.request_overhead_s
+        arrivals = [s.arrival_s + delay for s in specs] + [math.inf]
         heap, run_ahead = self.heap, self.run_ahead
         i, n = 0, len(specs)
         while True:
@@ -140,7 +143,7 @@ class Simulator:
     def _arrive(self, spec: RequestSpec, now: float) -> None:
         rid = str(spec.index)
         rec = RequestRecord(index=spec.index, arrival_s=spec.arrival_s, input_len=spec.input_len,
-                            output_len=spec.output_len, send_s=now, prompt_tokens=spec.input_len)
+                            output_len=spec.output_len, send_s=spec.arrival_s, prompt_tokens=spec.input_len)
         self.records[rid] = rec
         first = self.instances[0]  # every instance of a run has the same limits
         reason = first.fits(spec.input_len, spec.output_len)

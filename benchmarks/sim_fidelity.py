@@ -22,11 +22,8 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +35,7 @@ from banaserve.bench.prompts import PromptBuilder, PromptConfig  # noqa: E402
 from banaserve.bench.results import read_result, write_result  # noqa: E402
 from banaserve.bench.traces import default_slo_ms  # noqa: E402
 from banaserve.bench.workload import WorkloadConfig, build_specs, describe  # noqa: E402
+from banaserve.sim.serving_calibration import free_port, wait_ready  # noqa: E402
 
 
 def workload_args(a: argparse.Namespace) -> list[str]:
@@ -79,27 +77,6 @@ def step_error(steps, profile: str) -> str:
     return "; ".join(parts) or "no steps"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"banaserve serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"banaserve serve not healthy after {timeout_s:.0f} s")
-
-
 def live_serve(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | None, dict[str, list]]:
     """Start `banaserve serve` in `mode`, replay the slice with `banaserve bench`, stop the server."""
     port = free_port()
@@ -111,7 +88,7 @@ def live_serve(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | Non
            "--port", str(port), "--mode", mode, *shape, "--log-level", "warning"]
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(url, server, 300)
+        wait_ready(url, server, 300)
         # warm up (first requests pay one-off costs: allocator, shared-memory mapping, channels)
         banaserve("bench", "--endpoint", url, "--trace", "synthetic:input=fixed:64,output=fixed:4",
                   "--num-requests", "4", "--no-progress", stdout=log)

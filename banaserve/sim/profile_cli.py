@@ -78,6 +78,8 @@ def main(argv: list[str]) -> int:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(out_dir):
             raise ArgError(f"--out directory {out_dir} does not exist")
+        if args.serving is not None and args.device != "cpu":
+            raise ArgError("--serving is measured on cpu only")
         if args.profile is not None:
             if args.serving is None:
                 raise ArgError("--profile needs --serving")
@@ -117,9 +119,6 @@ def add_serving(args: argparse.Namespace, table: ProfileTable) -> int:
     from banaserve.models.make_model import default_model_path
     from banaserve.sim.serving_calibration import Calibration, calibrate
 
-    if args.device != "cpu":
-        print("banaserve profile: error: --serving is measured on cpu only", file=sys.stderr)
-        return 2
     threads = args.threads or int(table.meta.get("threads") or 1)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:

@@ -40,7 +40,7 @@ class Calibration:
     start_timeout_s: float = 300.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -51,7 +51,7 @@ def _get(url: str) -> dict:
         return json.loads(resp.read())
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> str:
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> str:
     """Wait for /health; return the served model's name."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -113,7 +113,7 @@ def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,
     if cal.max_tokens < 2 or cal.repeats < 1 or not cal.prompt_lens:
         raise ValueError("calibration needs max_tokens >= 2, repeats >= 1 and prompt lengths")
     cost = ProfileCostModel(table)  # lookup() is the engine's step alone, without overheads
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     shape = ["--instances", "1"] if cal.mode == "colocated" else ["--prefill", "1", "--decode", "1"]
     cmd = [sys.executable, "-m", "banaserve", "serve", "--model", model_dir, "--device", "cpu",
@@ -123,7 +123,7 @@ def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     try:
         try:
-            model = _wait_ready(url, server, cal.start_timeout_s)
+            model = wait_ready(url, server, cal.start_timeout_s)
         except RuntimeError as e:
             errors.seek(0)
             raise RuntimeError(f"{e}: {errors.read()[-800:].decode(errors='replace')}") from None

@@ -92,3 +92,33 @@ def test_profile_bad_input_is_one_line_and_exit_2(argv, match, capsys, tmp_path,
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(profile_cli.main, argv, capsys)
     assert code == 2 and err.count("\n") == 1 and match in err
+
+
+@pytest.mark.parametrize("mode", ["colocated", "disagg"])
+def test_profile_serving_overheads_from_a_live_server(tmp_path, tiny_model, capsys, mode):
+    """--serving starts a real `banaserve serve` of the mode, streams calibration requests over HTTP
+    and stores what the server adds; the simulator then charges it."""
+    grid = tmp_path / "grid.json"
+    code, _, _ = run_cli(profile_cli.main, [
+        "--model", tiny_model, "--out", str(grid), "--threads", "1", "--prefill-tokens", "0,64,512",
+        "--decode-batch", "0,1,2", "--context", "32,600", "--repeats", "1", "--quiet"], capsys)
+    assert code == 0
+    prof = tmp_path / "served.json"
+    code, stdout, err = run_cli(profile_cli.main, ["--model", tiny_model, "--profile", str(grid), "--serving", mode,
+                                                   "--threads", "1", "--out", str(prof)], capsys)
+    assert code == 0, err
+    doc = json.loads(prof.read_text())
+    serving = doc["serving"]
+    assert set(serving) == {"step_overhead_s", "request_overhead_s"}
+    # a served request costs something beyond the engine step, and not absurdly much on a tiny model
+    assert 0 <= serving["step_overhead_s"] < 0.5 and 0 < serving["request_overhead_s"] < 2.0
+    assert doc["step_time_s"] == json.loads(grid.read_text())["step_time_s"] and doc["meta"]["serving_mode"] == mode
+    assert err.count("TTFT") == 9  # 3 prompt lengths x 3 repeats, each logged with the profile's figure
+
+
+def test_profile_serving_bad_input(tmp_path, capsys):
+    code, _, err = run_cli(profile_cli.main, ["--profile", str(tmp_path / "none.json"), "--out", "p.json"], capsys)
+    assert code == 2 and "--serving" in err
+    code, _, err = run_cli(profile_cli.main, ["--profile", str(tmp_path / "none.json"), "--serving", "colocated",
+                                              "--out", str(tmp_path / "p.json")], capsys)
+    assert code == 2 and "cannot read profile" in err and err.count("\n") == 1

@@ -60,3 +60,26 @@ def test_not_a_profile(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="not a profile"):
         load_profile(str(path))
+
+
+def test_serving_overheads_add_per_step_and_round_trip(tmp_path):
+    t = table()
+    t.serving = {"step_overhead_s": 0.25, "request_overhead_s": 3.0}
+    cost = ProfileCostModel(t)
+    shape = BatchShape(prefill_tokens=100, prefill_seqs=1, decode_seqs=2, decode_ctx=600, decode_max_ctx=500,
+                       sampled=3)
+    assert cost.step_time(shape) == pytest.approx(expected(100, 2, 300) + 0.25)
+    assert cost.lookup(100, 2, 300) == pytest.approx(expected(100, 2, 300))  # lookup: the engine alone
+    assert cost.step_time(BatchShape()) == 0.0 and cost.request_overhead_s == 3.0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(t.to_json()))
+    assert load_profile(str(path)).serving == t.serving
+    assert "serving" not in table().to_json() and ProfileCostModel(table()).request_overhead_s == 0.0
+
+
+@pytest.mark.parametrize("serving", [{"step_overhead_s": -1.0}, {"bogus_s": 1.0}])
+def test_bad_serving_overheads(serving):
+    doc = table().to_json()
+    doc["serving"] = serving
+    with pytest.raises(ValueError, match="serving"):
+        profile_from_json(doc)

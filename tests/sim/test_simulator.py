@@ -4,7 +4,7 @@ import pytest
 
 from banaserve.bench.metrics import SLO, summarize, tpot_s, ttft_s
 from banaserve.sim.cluster import ClusterConfig
-from tests.sim.helpers import simulator, spec
+from tests.sim.helpers import LinearCost, simulator, spec
 
 DISAGG = ClusterConfig(mode="disagg", num_prefill=1, num_decode=1, link_bandwidth=1e6, link_latency_s=0.0,
                        kv_bytes_per_token=1000, num_layers=10)
@@ -16,6 +16,18 @@ def test_colocated_single_request_by_hand():
     assert ttft_s(rec) == pytest.approx(0.110)  # one prefill step: 10 ms + 100 x 1 ms
     assert tpot_s(rec) == pytest.approx(0.012)  # decode steps: 10 ms + 2 ms
     assert len(rec.token_times_s) == 5
+
+
+@pytest.mark.parametrize("cluster", [None, DISAGG])
+def test_request_overhead_delays_routing_but_not_the_recorded_send(cluster):
+    """A front-end latency (measured by `banaserve profile --serving`) comes before the first step."""
+    base = simulator(cluster).run([spec(0, 1.0, 100, 5), spec(1, 1.02, 30, 3)])
+    late = simulator(cluster, cost=LinearCost(request_overhead_s=0.05)).run([spec(0, 1.0, 100, 5),
+                                                                           spec(1, 1.02, 30, 3)])
+    for b, r in zip(base, late):
+        assert r.send_s == b.send_s
+        assert ttft_s(r) == pytest.approx(ttft_s(b) + 0.05)
+        assert tpot_s(r) == pytest.approx(tpot_s(b))
 
 
 def test_arrivals_in_the_same_instant_share_a_step():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from banaserve.bench.prompts import PromptBuilder, PromptConfig  # noqa: E402
 from banaserve.bench.results import read_result, write_result  # noqa: E402
 from banaserve.bench.traces import default_slo_ms  # noqa: E402
 from banaserve.bench.workload import WorkloadConfig, build_specs, describe  # noqa: E402
-from banaserve.sim.serving_calibration import free_port, wait_ready  # noqa: E402
+from banaserve.sim.serving_calibration import free_port, stop_server, wait_ready  # noqa: E402
 
 
 def workload_args(a: argparse.Namespace) -> list[str]:
@@ -95,12 +94,7 @@ def live_serve(a: argparse.Namespace, mode: str, out: Path) -> tuple[float | Non
         banaserve("bench", "--endpoint", url, *workload_args(a), "--label", f"live serve {mode}",
                   "--no-progress", "--out", str(out), stdout=log)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
         log.close()
     print(f"live serve {mode} done, load average {os.getloadavg()}", flush=True)
     return None, {}

@@ -130,9 +130,14 @@ def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,
         return measure_overheads(cost, url, model, cal, log)
     finally:
         errors.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM (a clean shutdown of instances and shared memory), then SIGKILL if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

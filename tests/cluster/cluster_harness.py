@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
 from banaserve.cluster.client import ClusterClient
 from banaserve.cluster.config import ClusterConfig
+from banaserve.cluster.tracked import Tracked
 from banaserve.engine.config import EngineConfig
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.sampling_params import SamplingParams
@@ -105,6 +108,29 @@ def running(pid: int) -> bool:
 
 def cluster_config(model: str, **kw) -> ClusterConfig:
     return ClusterConfig(engine=EngineConfig(model=model, **ENGINE), torch_threads=1, **kw)
+
+
+def stream_killing_one(h: Harness, w: Workload, pick: Callable[[Tracked], bool]) -> tuple[list, list[int]]:
+    """Stream every workload request; kill -9 the instance running the first request for which
+    `pick` holds (checked after each output). Returns the streams and the killed instance ids."""
+    client = h.client
+    killed: list[int] = []
+
+    async def one(i: int):
+        rid = f"k{i}"
+        outs = []
+        async for out in client.generate(rid, w.prompts[i], w.params[i]):
+            outs.append(out)
+            t = client.router.requests.get(rid)
+            if not killed and t is not None and pick(t):
+                killed.append(t.run_idx)
+                os.kill(client.view.get(t.run_idx).pid, signal.SIGKILL)
+        return outs
+
+    async def run():
+        return await asyncio.gather(*[one(i) for i in range(len(w.prompts))])
+
+    return h.run(run()), killed
 
 
 def assert_matches(w: Workload, results: list[list[RequestOutput]]) -> None:

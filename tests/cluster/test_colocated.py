@@ -1,13 +1,11 @@
 """Colocated cluster (2 unified instances): token-identical to offline, aborts leak nothing."""
 
 import asyncio
-import os
-import signal
 
 import pytest
 
 from banaserve.engine.sampling_params import SamplingParams
-from tests.cluster.cluster_harness import Harness, assert_matches, cluster_config
+from tests.cluster.cluster_harness import Harness, assert_matches, cluster_config, stream_killing_one
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +52,7 @@ def test_validate_rejects_impossible_requests(cluster):
 def test_instance_killed_mid_run(cluster, workload):
     """kill -9 one instance while it streams: its requests continue on the other, identical."""
     client = cluster.client
-    killed: list[int] = []
-
-    async def one(i: int):
-        rid = f"k{i}"
-        outs = []
-        async for out in client.generate(rid, workload.prompts[i], workload.params[i]):
-            outs.append(out)
-            t = client.router.requests.get(rid)
-            if not killed and t is not None and len(t.generated) >= 2:
-                killed.append(t.run_idx)
-                os.kill(client.view.get(t.run_idx).pid, signal.SIGKILL)
-        return outs
-
-    async def run():
-        return await asyncio.gather(*[one(i) for i in range(len(workload.prompts))])
-
-    results = cluster.run(run())
+    results, killed = stream_killing_one(cluster, workload, lambda t: len(t.generated) >= 2)
     assert killed
     assert_matches(workload, results)
     state = client.cluster_state()

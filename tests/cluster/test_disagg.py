@@ -13,7 +13,7 @@ import pytest
 
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.transfer.shm_kv import list_segments
-from tests.cluster.cluster_harness import WAIT_S, Harness, assert_matches, cluster_config
+from tests.cluster.cluster_harness import WAIT_S, Harness, assert_matches, cluster_config, stream_killing_one
 
 TOPOLOGIES = [(1, 1), (2, 2)]
 CHANNELS = ["shm", "tcp"]
@@ -99,24 +99,9 @@ def test_decode_instance_killed_mid_run(cluster, workload):
         pytest.skip("needs a second decode instance")
     client = cluster.client
     use_channel(cluster, "shm")
-    killed: list[int] = []
-
-    async def one(i: int):
-        rid = f"k{i}"
-        outs = []
-        async for out in client.generate(rid, workload.prompts[i], workload.params[i]):
-            outs.append(out)
-            t = client.router.requests.get(rid)
-            if not killed and t is not None and t.stage == "run" and len(t.generated) >= 2 \
-                    and client.view.get(t.run_idx).role == "decode":
-                killed.append(t.run_idx)
-                os.kill(client.view.get(t.run_idx).pid, signal.SIGKILL)
-        return outs
-
-    async def run():
-        return await asyncio.gather(*[one(i) for i in range(len(workload.prompts))])
-
-    results = cluster.run(run())
+    results, killed = stream_killing_one(
+        cluster, workload,
+        lambda t: t.stage == "run" and len(t.generated) >= 2 and client.view.get(t.run_idx).role == "decode")
     assert killed, "no request was decoding when expected"
     assert_matches(workload, results)
     state = client.cluster_state()

@@ -99,11 +99,12 @@ def kernel_supports(kv_cache: torch.Tensor) -> bool:
 
 
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                           ctx_lens: torch.Tensor) -> torch.Tensor:
+                           ctx_lens: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Attention of single-token queries q [B, Hq, D] over their pages; returns [B, Hq, D].
 
     block_tables [B, W] int64 (rows may be padded past each sequence's blocks), ctx_lens [B] int64.
-    Every index is bounds-checked here: the C code trusts them.
+    Every index is bounds-checked here (the C code trusts them); `check=False` skips that for
+    tables already checked against a cache of the same shape (the other layers of a step).
     """
     lib = load_kernel()
     assert lib is not None, "call kernel_supports() first"
@@ -111,9 +112,9 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     b, hq, _ = q.shape
     if not kv_cache.is_contiguous():
         raise ValueError("paged decode kernel needs a contiguous KV cache")
-    if b and (int(ctx_lens.max()) > block_tables.shape[1] * bs or int(ctx_lens.min()) < 1):
+    if check and b and (int(ctx_lens.max()) > block_tables.shape[1] * bs or int(ctx_lens.min()) < 1):
         raise ValueError("context length outside the block table")
-    if block_tables.numel() and (int(block_tables.min()) < 0 or int(block_tables.max()) >= nb):
+    if check and block_tables.numel() and (int(block_tables.min()) < 0 or int(block_tables.max()) >= nb):
         raise ValueError("block id outside the KV cache")
     q = q.contiguous()
     tables = block_tables.contiguous().to(torch.int64)

@@ -38,6 +38,7 @@ class DecodeGroup:
     # which reads exactly ctx_lens tokens of each sequence and needs no mask or padding
     mask: torch.Tensor | None = None
     gather_index: torch.Tensor | None = None  # [2 * B * max_blocks]: K rows then V rows of the flat cache
+    kernel_checked: bool = False  # tables bounds-checked by the kernel's wrapper (every layer's cache is alike)
 
     def kv_rows(self, num_blocks: int) -> torch.Tensor:
         """Row indices into the cache viewed as [2 * num_blocks, ...]: the group's K blocks, then its V blocks."""
@@ -99,7 +100,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
         n, width = g.block_tables.shape
         if g.mask is None:
             out[g.q_start:g.q_start + n] = paged_decode_attention(q[g.q_start:g.q_start + n], kv_cache,
-                                                                  g.block_tables, g.ctx_lens)
+                                                                  g.block_tables, g.ctx_lens, not g.kernel_checked)
+            g.kernel_checked = True
             continue
         rows = g.kv_rows(nb)
         ws = None if meta.workspace is None else meta.workspace[:rows.numel()]

@@ -142,8 +142,9 @@ def mean_profile(paths: list[str], out: str) -> None:
     cells = [d["step_time_s"] for d in docs]
     merged["step_time_s"] = [[[sum(c[i][j][k] for c in cells) / len(cells) for k in range(len(row[j]))]
                               for j in range(len(row))] for i, row in enumerate(cells[0])]
-    if all("serving" in d for d in docs):
-        merged["serving"] = {k: sum(d["serving"][k] for d in docs) / len(docs) for k in docs[0]["serving"]}
+    for block in ("serving", "chunk_cost"):
+        if all(block in d for d in docs):
+            merged[block] = {k: sum(d[block][k] for d in docs) / len(docs) for k in docs[0][block]}
     merged["meta"] = {**merged["meta"], "mean_of": paths}
     Path(out).write_text(json.dumps(merged, indent=1))
 

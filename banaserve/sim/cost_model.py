@@ -33,6 +33,12 @@ class BatchShape:
     decode_ctx: int = 0  # their context lengths, summed
     decode_max_ctx: int = 0
     sampled: int = 0  # rows whose logits are computed (the last token of a sequence)
+    # prefill attention split by how the engine runs it: a chunk starting at token 0 attends
+    # causally within itself; a chunk after earlier context (a later chunk, a prefix hit) gathers
+    # that context from its pages and attends under an explicit mask
+    fresh_pairs: int = 0  # causal (query, key) pairs of chunks starting at 0
+    chunk_entries: int = 0  # query x context-length entries of chunks after earlier context
+    chunk_ctx: int = 0  # context tokens gathered for those chunks
 
     @property
     def num_tokens(self) -> int:
@@ -43,6 +49,7 @@ def batch_shape(batch: ScheduledBatch) -> BatchShape:
     """Aggregate a scheduled batch before it is committed (num_computed_tokens is the chunk start)."""
     # locals and len() instead of properties: this runs once per simulated step
     p_tokens = p_seqs = p_pairs = p_ctx = p_max = d_seqs = d_ctx = d_max = sampled = 0
+    fresh = entries = gathered = 0
     for req, n in zip(batch.requests, batch.num_tokens, strict=True):
         start = req.num_computed_tokens
         end = start + n
@@ -53,6 +60,11 @@ def batch_shape(batch: ScheduledBatch) -> BatchShape:
             p_ctx += end
             if n > p_max:
                 p_max = n
+            if start:
+                entries += n * end
+                gathered += end
+            else:
+                fresh += n * (n + 1) // 2
         else:
             d_seqs += 1
             d_ctx += end
@@ -60,7 +72,8 @@ def batch_shape(batch: ScheduledBatch) -> BatchShape:
                 d_max = end
         if end == len(req.all_token_ids):
             sampled += 1
-    return BatchShape(p_tokens, p_seqs, p_pairs, p_ctx, p_max, d_seqs, d_ctx, d_max, sampled)
+    return BatchShape(p_tokens, p_seqs, p_pairs, p_ctx, p_max, d_seqs, d_ctx, d_max, sampled,
+                      fresh, entries, gathered)
 
 
 class CostModel(Protocol):

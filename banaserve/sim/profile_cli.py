@@ -45,7 +45,8 @@ def build_parser() -> Parser:
     p.add_argument("--prefill-tokens", type=int_list, default=None, help="grid axis, e.g. 0,32,128,512")
     p.add_argument("--decode-batch", type=int_list, default=None, help="grid axis, e.g. 0,1,2,4,8")
     p.add_argument("--context", type=int_list, default=None, help="grid axis, e.g. 128,512,2048")
-    p.add_argument("--repeats", type=int, default=None, help="steps timed per point (median kept)")
+    p.add_argument("--repeats", type=int, default=None, help="passes over the grid, each timing every "
+                   "point once in shuffled order (mean kept)")
     p.add_argument("--quick", action="store_true", help="a small grid (minutes on CPU), for smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-point progress lines")
@@ -110,7 +111,7 @@ def main(argv: list[str]) -> int:
     with open(args.out, "w") as f:
         json.dump(table.to_json(), f, indent=1)
     print(f"wrote {args.out} ({len(grid.prefill_tokens) * len(grid.decode_batch) * len(grid.context)} "
-          f"grid points, {table.meta['duration_s']} s, {grid.repeats} repeats)")
+          f"grid points, {table.meta['duration_s']} s, {grid.repeats} passes)")
     return 0
 
 
@@ -132,5 +133,5 @@ def add_serving(args: argparse.Namespace, table: ProfileTable) -> int:
         json.dump(table.to_json(), f, indent=1)
     s = table.serving
     print(f"wrote {args.out} (serving {args.serving}: step overhead {1e3 * s['step_overhead_s']:.2f} ms, "
-          f"request overhead {1e3 * s['request_overhead_s']:.1f} ms)")
+          f"row overhead {1e3 * s['row_overhead_s']:.2f} ms, request overhead {1e3 * s['request_overhead_s']:.1f} ms)")
     return 0

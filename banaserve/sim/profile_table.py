@@ -18,7 +18,8 @@ from banaserve.sim.cost_model import BatchShape
 from banaserve.sim.model_configs import ModelSpec
 
 SCHEMA = "banaserve-profile/1"
-SERVING_KEYS = ("step_overhead_s", "request_overhead_s")
+SERVING_KEYS = ("step_overhead_s", "row_overhead_s", "request_overhead_s")
+CHUNK_KEYS = ("pair_s", "entry_s", "ctx_s")
 
 
 @dataclass(slots=True)
@@ -33,9 +34,14 @@ class ProfileTable:
     engine: dict[str, Any] = field(default_factory=dict)  # engine settings it ran with
     meta: dict[str, Any] = field(default_factory=dict)  # device, threads, date, ...
     # what a live `banaserve serve` adds (sim/serving_calibration.py): step_overhead_s on every
-    # step (instance loop, messaging) and request_overhead_s once per request (HTTP, tokenizer,
-    # router, streaming back); empty when not measured
+    # step (instance loop, messaging), row_overhead_s per output token of a step (its message,
+    # detokenizing, the SSE chunk) and request_overhead_s once per request (HTTP, tokenizer,
+    # router); empty when not measured
     serving: dict[str, float] = field(default_factory=dict)
+    # prefill attention beyond the grid's single fresh chunk (profiler.fit_chunk_cost): pair_s per
+    # causal pair of a fresh chunk, entry_s per query x context entry and ctx_s per gathered
+    # context token of a chunk after earlier context; empty: every step looked up as one fresh chunk
+    chunk_cost: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         axes = (("prefill_tokens", self.prefill_tokens), ("decode_batch", self.decode_batch),
@@ -54,6 +60,9 @@ class ProfileTable:
             raise ValueError("profile step times must be numbers >= 0")
         if set(self.serving) - set(SERVING_KEYS) or any(not (v >= 0) for v in self.serving.values()):
             raise ValueError(f"profile serving overheads must be {', '.join(SERVING_KEYS)} >= 0")
+        if self.chunk_cost and (set(self.chunk_cost) != set(CHUNK_KEYS)
+                                or any(not (v >= 0) for v in self.chunk_cost.values())):
+            raise ValueError(f"profile chunk_cost must hold {', '.join(CHUNK_KEYS)} >= 0")
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(**self.model)
@@ -62,7 +71,8 @@ class ProfileTable:
         return {"schema": SCHEMA, "meta": self.meta, "model": self.model, "engine": self.engine,
                 "axes": {"prefill_tokens": self.prefill_tokens, "decode_batch": self.decode_batch,
                          "context": self.context},
-                "step_time_s": self.step_time_s, **({"serving": self.serving} if self.serving else {})}
+                "step_time_s": self.step_time_s, **({"serving": self.serving} if self.serving else {}),
+                **({"chunk_cost": self.chunk_cost} if self.chunk_cost else {})}
 
 
 def is_profile(doc: object) -> bool:
@@ -79,6 +89,7 @@ def profile_from_json(doc: dict, where: str = "profile") -> ProfileTable:
             step_time_s=[[[float(v) for v in col] for col in row] for row in doc["step_time_s"]],
             model=dict(doc["model"]), engine=dict(doc.get("engine") or {}), meta=dict(doc.get("meta") or {}),
             serving={str(k): float(v) for k, v in (doc.get("serving") or {}).items()},
+            chunk_cost={str(k): float(v) for k, v in (doc.get("chunk_cost") or {}).items()},
         )
         table.validate()
         table.model_spec()
@@ -112,6 +123,10 @@ class ProfileCostModel:
         table.validate()
         self.table = table
         self.step_overhead_s = table.serving.get("step_overhead_s", 0.0)
+        self.row_overhead_s = table.serving.get("row_overhead_s", 0.0)
+        chunk = table.chunk_cost
+        self.chunked = bool(chunk)
+        self.pair_s, self.entry_s, self.ctx_s = (chunk.get(k, 0.0) for k in CHUNK_KEYS)
         self.request_overhead_s = table.serving.get("request_overhead_s", 0.0)
 
     def lookup(self, prefill_tokens: float, decode_batch: float, context: float) -> float:
@@ -131,4 +146,11 @@ class ProfileCostModel:
         if shape.num_tokens == 0:
             return 0.0
         context = shape.decode_ctx / shape.decode_seqs if shape.decode_seqs else self.table.context[0]
-        return self.lookup(shape.prefill_tokens, shape.decode_seqs, context) + self.step_overhead_s
+        overhead = self.step_overhead_s + self.row_overhead_s * shape.sampled
+        t = self.lookup(shape.prefill_tokens, shape.decode_seqs, context)
+        p = shape.prefill_tokens
+        if p and self.chunked:
+            # the grid's P is one fresh chunk: swap its causal attention for the step's real chunks
+            t += (self.pair_s * (shape.fresh_pairs - p * (p + 1) // 2)
+                  + self.entry_s * shape.chunk_entries + self.ctx_s * shape.chunk_ctx)
+        return max(t, 0.0) + overhead

@@ -5,8 +5,8 @@ timed around `LLMEngine.step()` so scheduling, input preparation, sampling and d
 (the Python overhead a live engine pays every step) are included. Decodes are set up the way a
 decode instance receives a transferred request: blocks allocated, the prompt marked computed (the
 KV content is irrelevant to the time), one output token appended. Each point keeps the mean of
-`repeats` steps: the simulator predicts mean latencies, and on a busy host the step times are
-skewed, so a median would be biased low.
+its `repeats` steps, one per pass over the grid in shuffled order: the simulator predicts mean
+latencies, and on a busy host the step times are skewed, so a median would be biased low.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class Profiler:
         self.rng = np.random.default_rng(seed)
         self.vocab = engine.model_config.vocab_size
         self.greedy = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        self.chunk_times: dict[tuple[int, int], float] = {}
 
     def _tokens(self, n: int) -> list[int]:
         return self.rng.integers(FIRST_ID, self.vocab, size=n).tolist()
@@ -118,6 +119,23 @@ class Profiler:
         eng.step()
         return time.perf_counter() - t0
 
+    def measure_chunk(self, tokens: int, start: int) -> float:
+        """Seconds of a step running the last `tokens` of a prompt whose first `start` tokens an
+        earlier, untimed step computed (chunked prefill under a token budget, or a prefix hit)."""
+        eng = self.engine
+        cfg = eng.scheduler.config
+        budget = cfg.max_num_batched_tokens
+        eng.add_request(prompt_token_ids=self._tokens(start + tokens), params=self.greedy)
+        cfg.max_num_batched_tokens = start  # the first step takes exactly the earlier context
+        try:
+            eng.step()
+        finally:
+            cfg.max_num_batched_tokens = budget
+        t = self._timed_step(0)
+        while eng.has_unfinished_requests():
+            eng.step()
+        return t
+
     def measure(self, prefill: int, batch: int, context: int, repeats: int) -> float:
         """Seconds of a step with a `prefill`-token prompt and `batch` decodes at `context`."""
         ids = self._start_decodes(batch, context)
@@ -132,24 +150,47 @@ class Profiler:
 
     def run(self, grid: ProfileGrid,
             progress: Callable[[str], None] | None = None) -> list[list[list[float]]]:
-        """step_time_s[i][j][k] over the grid. Steps with neither prefill nor decodes are extrapolated."""
+        """step_time_s[i][j][k] over the grid. Steps with neither prefill nor decodes are extrapolated.
+        The later-chunk steps of `chunk_points` are timed alongside, into `self.chunk_times`.
+
+        `grid.repeats` passes over the grid, each visiting every point once in a fresh shuffled
+        order. A shared host's speed drifts by 10-20% over seconds: consecutive repeats of one
+        point would all sample one moment's speed, and neighbouring points in a fixed order the
+        same slow or fast spell. Spread over passes, every point averages the drift over the run.
+        """
         for _ in range(grid.warmup):
             self.measure(grid.prefill_tokens[-1], grid.decode_batch[1], grid.context[-1], 1)
         P, B, C = grid.prefill_tokens, grid.decode_batch, grid.context
-        out = [[[0.0] * len(C) for _ in B] for _ in P]
-        for i, p in enumerate(P):
-            for j, b in enumerate(B):
-                if b == 0:
-                    if p == 0:
-                        continue
-                    t = self.measure(p, 0, C[0], grid.repeats)
-                    out[i][j] = [t] * len(C)  # no decodes: context does not apply
+        # no decodes: the context does not apply, one measurement serves the whole C axis
+        points: list[tuple[int, int, int]] = [
+            (i, j, k) for i in range(len(P)) for j in range(len(B)) for k in range(len(C))
+            if B[j] > 0 or (P[i] > 0 and k == 0)]
+        chunks = chunk_points(grid, self.engine.scheduler.config.max_num_batched_tokens, self.engine.max_model_len)
+        sums = dict.fromkeys(points + chunks, 0.0)
+        keys = list(sums)
+        for n in range(grid.repeats):
+            for idx in self.rng.permutation(len(keys)):
+                key = keys[idx]
+                if key in chunks:
+                    sums[key] += self.measure_chunk(*key)
                 else:
-                    for k, c in enumerate(C):
-                        out[i][j][k] = self.measure(p, b, c, grid.repeats)
-                if progress:
-                    progress(f"prefill {p:>5} decodes {b:>4}: "
-                             + " ".join(f"{1000 * t:8.1f}" for t in out[i][j]) + " ms")
+                    i, j, k = key
+                    sums[key] += self.measure(P[i], B[j], C[k], 1)
+            if progress:
+                progress(f"pass {n + 1}/{grid.repeats} over {len(keys)} points done")
+        self.chunk_times = {key: sums[key] / grid.repeats for key in chunks}
+        out = [[[0.0] * len(C) for _ in B] for _ in P]
+        for i, j, k in points:
+            out[i][j][k] = sums[i, j, k] / grid.repeats
+        for i in range(1, len(P)):
+            out[i][0] = [out[i][0][0]] * len(C)
+        if progress:
+            for i, p in enumerate(P):
+                for j, b in enumerate(B):
+                    cells = " ".join(f"{1000 * t:8.1f}" for t in out[i][j])
+                    progress(f"prefill {p:>5} decodes {b:>4}: {cells} ms")
+            for (n, start), t in self.chunk_times.items():
+                progress(f"chunk of {n:>5} after {start:>5} earlier tokens: {1000 * t:8.1f} ms")
         # an empty step never runs, but interpolating just above it needs a value: extend the
         # decode-batch axis linearly down to 0 from its first two points
         for k in range(len(C)):
@@ -157,6 +198,53 @@ class Profiler:
             slope = (t2 - t1) / (B[2] - B[1])
             out[0][0][k] = max(t1 - slope * B[1], 0.0)
         return out
+
+
+def chunk_points(grid: ProfileGrid, max_num_batched_tokens: int, max_model_len: int) -> list[tuple[int, int]]:
+    """(chunk tokens, earlier context) pairs timed for the chunk-cost fit: two chunk sizes from the
+    prefill axis after the first and last context of the grid, where one step can compute that
+    context (it is set up by a step of exactly that many tokens) and the prompt fits the model."""
+    sizes = [p for p in grid.prefill_tokens if p >= 2]
+    tokens = sorted({sizes[len(sizes) // 3], sizes[(2 * len(sizes)) // 3]}) if sizes else []
+    return [(n, start) for n in tokens for start in sorted({grid.context[0], grid.context[-1]})
+            if start <= max_num_batched_tokens and start + n < max_model_len]
+
+
+def _nonnegative_fit(rows: list[list[float]], y: list[float]) -> list[float]:
+    """Least squares with every coefficient >= 0 (few unknowns: drop the negative ones and refit)."""
+    active = list(range(len(rows[0])))
+    while active:
+        x = np.array([[r[c] for c in active] for r in rows], dtype=float)
+        coef = np.linalg.lstsq(x, np.array(y, dtype=float), rcond=None)[0]
+        if (coef >= 0).all():
+            out = [0.0] * len(rows[0])
+            for c, v in zip(active, coef, strict=True):
+                out[c] = float(v)
+            return out
+        active = [c for c, v in zip(active, coef, strict=True) if v > 0] if (coef > 0).any() else []
+    return [0.0] * len(rows[0])
+
+
+def fit_chunk_cost(table: ProfileTable, chunk_times: dict[tuple[int, int], float]) -> dict[str, float]:
+    """Attention costs for steps the grid's one fresh chunk does not describe (`chunk_cost` of a
+    profile). pair_s: the grid's decode-free prefill steps fitted as a + b P + pair_s P(P+1)/2.
+    entry_s, ctx_s: each timed later chunk's time beyond that of a fresh chunk of its size (minus
+    the fresh chunk's causal attention), fitted to entry_s x tokens x context + ctx_s x context.
+    Empty when the grid has too few prefill sizes to fit."""
+    from banaserve.sim.profile_table import ProfileCostModel
+
+    sizes = [(p, table.step_time_s[i][0][0]) for i, p in enumerate(table.prefill_tokens) if p > 0]
+    if len(sizes) < 3 or not chunk_times:
+        return {}
+    _, _, pair_s = _nonnegative_fit([[1.0, p, p * (p + 1) / 2] for p, _ in sizes], [t for _, t in sizes])
+    fresh = ProfileCostModel(table)
+    rows, y = [], []
+    for (n, start), t in chunk_times.items():
+        ctx = start + n
+        rows.append([n * ctx, ctx])
+        y.append(t - fresh.lookup(n, 0, table.context[0]) + pair_s * n * (n + 1) / 2)
+    entry_s, ctx_s = _nonnegative_fit(rows, y)
+    return {"pair_s": pair_s, "entry_s": entry_s, "ctx_s": ctx_s}
 
 
 def profile_engine(engine: LLMEngine, grid: ProfileGrid, threads: int, seed: int = 0,
@@ -167,8 +255,9 @@ def profile_engine(engine: LLMEngine, grid: ProfileGrid, threads: int, seed: int
     spec.dtype_bytes = engine.dtype.itemsize
     cfg = engine.config
     started = time.time()
-    times = Profiler(engine, seed).run(grid, progress)
-    return ProfileTable(
+    profiler = Profiler(engine, seed)
+    times = profiler.run(grid, progress)
+    table = ProfileTable(
         prefill_tokens=list(grid.prefill_tokens), decode_batch=list(grid.decode_batch),
         context=list(grid.context), step_time_s=times,
         model=dataclasses.asdict(spec),
@@ -180,5 +269,8 @@ def profile_engine(engine: LLMEngine, grid: ProfileGrid, threads: int, seed: int
               "threads": threads, "torch": torch.__version__, "host": platform.node(),
               "model_path": engine.model_path, "repeats": grid.repeats,
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "duration_s": round(time.time() - started, 1)},
+              "duration_s": round(time.time() - started, 1),
+              "chunk_step_time_s": [[n, start, t] for (n, start), t in profiler.chunk_times.items()]},
     )
+    table.chunk_cost = fit_chunk_cost(table, profiler.chunk_times)
+    return table

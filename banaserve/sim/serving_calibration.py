@@ -1,15 +1,24 @@
 """Serving overheads for a profile: what a live `banaserve serve` adds to the engine's own steps.
 
 `banaserve profile` times `LLMEngine.step()` alone. Served, every step also pays the instance loop
-(messages in and out, stats, streaming) and every request pays the path around the engine once
-(HTTP, tokenizer, router, the prefill/decode hand-off, the stream back). Both are measured here
-on a real server of the mode to be simulated, one request at a time so nothing else shares a step:
+(messages in and out, stats, streaming: partly per output token) and every request pays the path
+around the engine once (HTTP, tokenizer, router, the prefill/decode hand-off, the stream back).
+Both are measured here on a real server of the mode to be simulated, each request against the
+same request run alone on an in-process engine right before or after it, alternately: a shared
+host's speed drifts by 10-20% over seconds, and only a difference taken at the same moment is
+free of it. The fit, with excess = live - alone:
 
-    step_overhead_s    = median over requests of (mean inter-token time - profiled decode step)
-    request_overhead_s = median over requests of (TTFT - profiled prefill step - step_overhead_s)
+    excess inter-token time, 1 stream   = step + row
+    excess inter-token time, K streams  = step + K x row        (K concurrent streams)
+    excess TTFT, 1 stream               = request + step + row
 
-Negative values (noise) are stored as 0. The prompts are synthetic token ids, not the workload to
-be simulated, so the simulator is not fitted to the run it is checked against.
+    step_overhead_s    per engine step (the instance loop)
+    row_overhead_s     per sampled row of a step (each output token's message, detokenizing, SSE)
+    request_overhead_s once per request, before it reaches an instance
+
+Medians over repeats; negative values (noise) are stored as 0. The prompts are synthetic token
+ids, not the workload to be simulated, so the simulator is not fitted to the run it is checked
+against.
 """
 
 from __future__ import annotations
@@ -21,13 +30,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import median
+from statistics import fmean, median
 
-from banaserve.sim.profile_table import ProfileCostModel, ProfileTable
+from banaserve.sim.profile_table import ProfileTable
 
 
 @dataclass(slots=True)
@@ -35,7 +45,10 @@ class Calibration:
     mode: str = "colocated"  # colocated (1 instance) or disagg (1 prefill + 1 decode)
     prompt_lens: tuple[int, ...] = (64, 256, 512)
     max_tokens: int = 24
-    repeats: int = 3
+    repeats: int = 5
+    concurrency: int = 8  # streams of the batched phase (the per-row overhead)
+    batch_prompt_len: int = 128
+    batch_max_tokens: int = 48
     threads: int = 1
     start_timeout_s: float = 300.0
 
@@ -84,25 +97,83 @@ def stream_times(url: str, model: str, prompt: list[int], max_tokens: int) -> tu
     return first, (last - first) / (max_tokens - 1)
 
 
-def measure_overheads(cost: ProfileCostModel, url: str, model: str, cal: Calibration,
+def stream_many(url: str, model: str, prompts: list[list[int]], max_tokens: int) -> list[tuple[float, float]]:
+    """stream_times of concurrent streams, one thread each."""
+    out: list[tuple[float, float] | BaseException | None] = [None] * len(prompts)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = stream_times(url, model, prompts[i], max_tokens)
+        except BaseException as e:  # noqa: BLE001 - re-raised below in the caller's thread
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in out:
+        if not isinstance(r, tuple):
+            raise RuntimeError(f"calibration stream failed: {r}")
+    return out  # type: ignore[return-value]
+
+
+def run_alone(engine, prompts: list[list[int]], max_tokens: int) -> list[tuple[float, float]]:
+    """(TTFT, mean inter-token time) of each prompt, all added at once to an idle in-process engine."""
+    from banaserve.engine.sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    t0 = time.perf_counter()
+    ids = [engine.add_request(prompt_token_ids=p, params=params) for p in prompts]
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    while engine.has_unfinished_requests():
+        outs = engine.step()
+        now = time.perf_counter() - t0
+        for o in outs:
+            if o.new_token_ids:
+                first.setdefault(o.request_id, now)
+                last[o.request_id] = now
+    return [(first[i], (last[i] - first[i]) / (max_tokens - 1)) for i in ids]
+
+
+def measure_overheads(engine, url: str, model: str, cal: Calibration, vocab: int,
                       log: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Run the calibration requests against a running server; returns the table's `serving` dict."""
-    vocab_hi = int(cost.table.model.get("vocab_size", 1000))
-    ctx0 = cost.table.context[0]
-    runs = []
-    stream_times(url, model, list(range(3, 3 + 16)), 4)  # warm-up: first-request costs
+    """Run the calibration requests against a running server and `engine` (the same model, idle,
+    in this process); returns the table's `serving` dict."""
+    def prompt(n: int, salt: int) -> list[int]:
+        return [3 + (7 * i + 13 * salt + n) % (vocab - 3) for i in range(n)]
+
+    def paired(prompts: list[list[int]], max_tokens: int, live_first: bool) -> list[tuple[float, float]]:
+        """(excess TTFT, excess inter-token time) of each prompt: live minus alone."""
+        live_fn = (lambda: stream_many(url, model, prompts, max_tokens))
+        alone_fn = (lambda: run_alone(engine, prompts, max_tokens))
+        if live_first:
+            live, alone = live_fn(), alone_fn()
+        else:
+            alone, live = alone_fn(), live_fn()
+        return [(lt - at, li - ai) for (lt, li), (at, ai) in zip(live, alone, strict=True)]
+
+    run_alone(engine, [prompt(16, -1)], 4)  # warm-up: first-request costs on both sides
+    stream_times(url, model, prompt(16, -1), 4)
+    single, batched = [], []
     for r in range(cal.repeats):
         for n in cal.prompt_lens:
-            prompt = [3 + (7 * i + 13 * r + n) % (vocab_hi - 3) for i in range(n)]
-            ttft, itl = stream_times(url, model, prompt, cal.max_tokens)
-            decode = sum(cost.lookup(0, 1, n + k) for k in range(1, cal.max_tokens)) / (cal.max_tokens - 1)
-            runs.append((ttft, cost.lookup(n, 0, ctx0), itl, decode))
+            ((ttft, itl),) = paired([prompt(n, r)], cal.max_tokens, live_first=(r + n) % 2 == 0)
+            single.append((ttft, itl))
             if log:
-                log(f"prompt {n}: TTFT {1e3 * ttft:.1f} ms (profile {1e3 * runs[-1][1]:.1f}), "
-                    f"inter-token {1e3 * itl:.2f} ms (profile {1e3 * decode:.2f})")
-    step = max(0.0, median(itl - decode for _, _, itl, decode in runs))
-    request = max(0.0, median(ttft - prefill - step for ttft, prefill, _, _ in runs))
-    return {"step_overhead_s": step, "request_overhead_s": request}
+                log(f"1 stream, prompt {n}: TTFT +{1e3 * ttft:.1f} ms, inter-token +{1e3 * itl:.2f} ms over alone")
+        if cal.concurrency > 1:
+            prompts = [prompt(cal.batch_prompt_len, 1000 * (r + 1) + i) for i in range(cal.concurrency)]
+            itl = fmean(e for _, e in paired(prompts, cal.batch_max_tokens, live_first=r % 2 == 1))
+            batched.append(itl)
+            if log:
+                log(f"{cal.concurrency} streams: inter-token +{1e3 * itl:.2f} ms over alone")
+    one = median(itl for _, itl in single)
+    row = max(0.0, (median(batched) - one) / (cal.concurrency - 1)) if batched else 0.0
+    step = max(0.0, one - row)
+    request = max(0.0, median(ttft for ttft, _ in single) - step - row)
+    return {"step_overhead_s": step, "row_overhead_s": row, "request_overhead_s": request}
 
 
 def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,
@@ -110,9 +181,18 @@ def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,
     """Start `banaserve serve` (cal.mode) on a free local port, measure, stop it."""
     if cal.mode not in ("colocated", "disagg"):
         raise ValueError(f"serving calibration mode must be colocated or disagg, got {cal.mode!r}")
-    if cal.max_tokens < 2 or cal.repeats < 1 or not cal.prompt_lens:
+    if cal.max_tokens < 2 or cal.batch_max_tokens < 2 or cal.repeats < 1 or not cal.prompt_lens:
         raise ValueError("calibration needs max_tokens >= 2, repeats >= 1 and prompt lengths")
-    cost = ProfileCostModel(table)  # lookup() is the engine's step alone, without overheads
+    import torch
+
+    from banaserve.engine.config import EngineConfig
+    from banaserve.engine.llm_engine import LLMEngine
+
+    torch.set_num_threads(cal.threads)
+    settings = table.engine
+    engine = LLMEngine(EngineConfig(  # the reference: the same engine, alone, in this process
+        model=model_dir, device="cpu", kv_cache_gb=0.25, block_size=settings.get("block_size", 16),
+        max_num_batched_tokens=settings.get("max_num_batched_tokens", 2048)))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     shape = ["--instances", "1"] if cal.mode == "colocated" else ["--prefill", "1", "--decode", "1"]
@@ -127,7 +207,7 @@ def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,
         except RuntimeError as e:
             errors.seek(0)
             raise RuntimeError(f"{e}: {errors.read()[-800:].decode(errors='replace')}") from None
-        return measure_overheads(cost, url, model, cal, log)
+        return measure_overheads(engine, url, model, cal, engine.model_config.vocab_size, log)
     finally:
         errors.close()
         stop_server(server)

@@ -109,11 +109,13 @@ def test_profile_serving_overheads_from_a_live_server(tmp_path, tiny_model, caps
     assert code == 0, err
     doc = json.loads(prof.read_text())
     serving = doc["serving"]
-    assert set(serving) == {"step_overhead_s", "request_overhead_s"}
+    assert set(serving) == {"step_overhead_s", "row_overhead_s", "request_overhead_s"}
     # a served request costs something beyond the engine step, and not absurdly much on a tiny model
-    assert 0 <= serving["step_overhead_s"] < 0.5 and 0 < serving["request_overhead_s"] < 2.0
+    assert 0 <= serving["step_overhead_s"] < 0.5 and 0 <= serving["row_overhead_s"] < 0.1
+    assert 0 < serving["request_overhead_s"] < 2.0
     assert doc["step_time_s"] == json.loads(grid.read_text())["step_time_s"] and doc["meta"]["serving_mode"] == mode
-    assert err.count("TTFT") == 9  # 3 prompt lengths x 3 repeats, each logged with the profile's figure
+    # 3 prompt lengths x 5 repeats, each against the same request run alone; 5 batched rounds
+    assert err.count("1 stream, prompt") == 15 and err.count("8 streams") == 5
 
 
 def test_profile_serving_bad_input(tmp_path, capsys):

@@ -77,8 +77,10 @@ def test_batch_shape_of_a_real_scheduled_batch():
     s = batch_shape(batch)
     assert (s.prefill_tokens, s.prefill_seqs, s.sampled) == (100, 2, 1)  # b's chunk is 60, not sampled
     assert s.prefill_pairs == 40 * 41 // 2 + 60 * 61 // 2
+    assert (s.fresh_pairs, s.chunk_entries, s.chunk_ctx) == (40 * 41 // 2 + 60 * 61 // 2, 0, 0)  # both from 0
     sched.commit(batch)
     a.all_token_ids.append(7)
     s = batch_shape(sched.schedule())  # a decodes at context 41, b's last 90 tokens start at 60
     assert (s.decode_seqs, s.decode_ctx, s.prefill_tokens, s.sampled) == (1, 41, 90, 2)
     assert s.prefill_pairs == 90 * 60 + 90 * 91 // 2
+    assert (s.fresh_pairs, s.chunk_entries, s.chunk_ctx) == (0, 90 * 150, 150)  # b's later chunk, masked

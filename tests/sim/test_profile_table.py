@@ -34,6 +34,27 @@ def test_step_time_uses_prefill_tokens_decodes_and_mean_context():
     assert cost.step_time(BatchShape()) == 0.0
 
 
+def test_chunk_cost_replaces_the_grids_fresh_chunk_attention(tmp_path):
+    t = table()
+    t.chunk_cost = {"pair_s": 1e-4, "entry_s": 1e-5, "ctx_s": 1e-3}
+    cost = ProfileCostModel(t)
+    one = BatchShape(prefill_tokens=100, prefill_seqs=1, fresh_pairs=100 * 101 // 2, sampled=1)
+    assert cost.step_time(one) == pytest.approx(expected(100, 0, 100))  # the grid's own shape: unchanged
+    # two fresh chunks of 50: fewer causal pairs than one of 100
+    two = BatchShape(prefill_tokens=100, prefill_seqs=2, fresh_pairs=2 * 50 * 51 // 2, sampled=2)
+    assert cost.step_time(two) == pytest.approx(expected(100, 0, 100) - 1e-4 * (100 * 101 // 2 - 50 * 51))
+    # a 100-token chunk after 300 earlier tokens: no causal pairs, masked entries and gathered context
+    later = BatchShape(prefill_tokens=100, prefill_seqs=1, chunk_entries=100 * 400, chunk_ctx=400, sampled=1)
+    assert cost.step_time(later) == pytest.approx(
+        expected(100, 0, 100) - 1e-4 * (100 * 101 // 2) + 1e-5 * 100 * 400 + 1e-3 * 400)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(t.to_json()))
+    assert load_profile(str(path)).chunk_cost == t.chunk_cost
+    t.chunk_cost = {"pair_s": 1.0}
+    with pytest.raises(ValueError, match="chunk_cost"):
+        t.validate()
+
+
 def test_json_round_trip(tmp_path):
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(table().to_json()))
@@ -62,19 +83,21 @@ def test_not_a_profile(tmp_path):
         load_profile(str(path))
 
 
-def test_serving_overheads_add_per_step_and_round_trip(tmp_path):
+def test_serving_overheads_add_per_step_and_per_row_and_round_trip(tmp_path):
     t = table()
-    t.serving = {"step_overhead_s": 0.25, "request_overhead_s": 3.0}
+    t.serving = {"step_overhead_s": 0.25, "row_overhead_s": 0.01, "request_overhead_s": 3.0}
     cost = ProfileCostModel(t)
     shape = BatchShape(prefill_tokens=100, prefill_seqs=1, decode_seqs=2, decode_ctx=600, decode_max_ctx=500,
                        sampled=3)
-    assert cost.step_time(shape) == pytest.approx(expected(100, 2, 300) + 0.25)
+    assert cost.step_time(shape) == pytest.approx(expected(100, 2, 300) + 0.25 + 3 * 0.01)
     assert cost.lookup(100, 2, 300) == pytest.approx(expected(100, 2, 300))  # lookup: the engine alone
     assert cost.step_time(BatchShape()) == 0.0 and cost.request_overhead_s == 3.0
     path = tmp_path / "p.json"
     path.write_text(json.dumps(t.to_json()))
     assert load_profile(str(path)).serving == t.serving
     assert "serving" not in table().to_json() and ProfileCostModel(table()).request_overhead_s == 0.0
+    t.serving = {"step_overhead_s": 0.25, "request_overhead_s": 3.0}  # profiles from before the row term
+    assert ProfileCostModel(t).step_time(shape) == pytest.approx(expected(100, 2, 300) + 0.25)
 
 
 @pytest.mark.parametrize("serving", [{"step_overhead_s": -1.0}, {"bogus_s": 1.0}])

@@ -82,6 +82,9 @@ class CostModel(Protocol):
     # latency a request spends in the serving front end (HTTP, tokenizer, router) before it
     # reaches an instance; the simulator delays its routing by this much
     request_overhead_s: float
+    # fraction by which a step stretches while another instance of the cluster is mid-step: the
+    # instances share one host's cores, caches and memory bandwidth (CPU profiles; 0 elsewhere)
+    neighbor_slowdown: float
 
     def step_time(self, shape: BatchShape) -> float: ...
 
@@ -90,6 +93,7 @@ class RooflineCostModel:
     """Roofline step time of `model` on a TP group of `tp` accelerators `hw`."""
 
     request_overhead_s = 0.0  # a datacenter front end runs on its own cores: no modelled delay
+    neighbor_slowdown = 0.0  # one GPU (or TP group) per instance
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int = 1):
         if tp < 1:

@@ -132,6 +132,8 @@ def add_serving(args: argparse.Namespace, table: ProfileTable) -> int:
     with open(args.out, "w") as f:
         json.dump(table.to_json(), f, indent=1)
     s = table.serving
+    neighbor = f", neighbor slowdown {100 * s['neighbor_slowdown']:.1f}%" if "neighbor_slowdown" in s else ""
     print(f"wrote {args.out} (serving {args.serving}: step overhead {1e3 * s['step_overhead_s']:.2f} ms, "
-          f"row overhead {1e3 * s['row_overhead_s']:.2f} ms, request overhead {1e3 * s['request_overhead_s']:.1f} ms)")
+          f"row overhead {1e3 * s['row_overhead_s']:.2f} ms, request overhead {1e3 * s['request_overhead_s']:.1f} ms"
+          f"{neighbor})")
     return 0

@@ -18,7 +18,7 @@ from banaserve.sim.cost_model import BatchShape
 from banaserve.sim.model_configs import ModelSpec
 
 SCHEMA = "banaserve-profile/1"
-SERVING_KEYS = ("step_overhead_s", "row_overhead_s", "request_overhead_s")
+SERVING_KEYS = ("step_overhead_s", "row_overhead_s", "request_overhead_s", "neighbor_slowdown")
 CHUNK_KEYS = ("pair_s", "entry_s", "ctx_s")
 
 
@@ -35,8 +35,9 @@ class ProfileTable:
     meta: dict[str, Any] = field(default_factory=dict)  # device, threads, date, ...
     # what a live `banaserve serve` adds (sim/serving_calibration.py): step_overhead_s on every
     # step (instance loop, messaging), row_overhead_s per output token of a step (its message,
-    # detokenizing, the SSE chunk) and request_overhead_s once per request (HTTP, tokenizer,
-    # router); empty when not measured
+    # detokenizing, the SSE chunk), request_overhead_s once per request (HTTP, tokenizer,
+    # router) and neighbor_slowdown, the fraction a step stretches while another instance on the
+    # host is mid-step (disagg); empty when not measured
     serving: dict[str, float] = field(default_factory=dict)
     # prefill attention beyond the grid's single fresh chunk (profiler.fit_chunk_cost): pair_s per
     # causal pair of a fresh chunk, entry_s per query x context entry and ctx_s per gathered
@@ -128,6 +129,7 @@ class ProfileCostModel:
         self.chunked = bool(chunk)
         self.pair_s, self.entry_s, self.ctx_s = (chunk.get(k, 0.0) for k in CHUNK_KEYS)
         self.request_overhead_s = table.serving.get("request_overhead_s", 0.0)
+        self.neighbor_slowdown = table.serving.get("neighbor_slowdown", 0.0)
 
     def lookup(self, prefill_tokens: float, decode_batch: float, context: float) -> float:
         t = self.table

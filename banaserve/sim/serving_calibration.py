@@ -49,6 +49,8 @@ class Calibration:
     concurrency: int = 8  # streams of the batched phase (the per-row overhead)
     batch_prompt_len: int = 128
     batch_max_tokens: int = 48
+    neighbor_prompt_len: int = 512  # disagg: prefills timed beside the decode instance's batch
+    neighbor_max_tokens: int = 200
     threads: int = 1
     start_timeout_s: float = 300.0
 
@@ -137,6 +139,65 @@ def run_alone(engine, prompts: list[list[int]], max_tokens: int) -> list[tuple[f
     return [(first[i], (last[i] - first[i]) / (max_tokens - 1)) for i in ids]
 
 
+def _decoding_everything(url: str, streams: int) -> bool:
+    """The disagg server's decode instance holds `streams` requests and no prefill is in flight."""
+    inst = _get(url + "/v1/cluster")["instances"]
+    held = {i["role"]: i["inflight_requests"] for i in inst}
+    return held.get("decode", 0) >= streams and held.get("prefill", 0) == 0
+
+
+def measure_neighbor_slowdown(engine, url: str, cal: Calibration, vocab: int,
+                              log: Callable[[str], None] | None = None) -> float:
+    """How much `engine`'s prefill steps stretch while the disagg server's decode instance decodes
+    a batch on the same host: prefills timed while `banaserve bench` (a separate process, as in a
+    live run) streams `cal.concurrency` long requests, against the same prefills with the server
+    idle, alternating the order. Returns the median ratio - 1, at least 0."""
+    from banaserve.engine.sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+    def prefills(salt: int) -> float:
+        times = []
+        for i in range(3):
+            engine.add_request(prompt_token_ids=[3 + (11 * k + 101 * salt + i) % (vocab - 3)
+                                                 for k in range(cal.neighbor_prompt_len)], params=params)
+            t0 = time.perf_counter()
+            while engine.has_unfinished_requests():
+                engine.step()
+            times.append(time.perf_counter() - t0)
+        return fmean(times)
+
+    def beside_decodes(salt: int) -> float | None:
+        trace = f"synthetic:input=fixed:{cal.batch_prompt_len},output=fixed:{cal.neighbor_max_tokens}"
+        bench = subprocess.Popen([sys.executable, "-m", "banaserve", "bench", "--endpoint", url, "--trace", trace,
+                                  "--num-requests", str(cal.concurrency), "--rate", "inf", "--no-progress"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not _decoding_everything(url, cal.concurrency):
+                if bench.poll() is not None or time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+            t = prefills(salt)
+            still = _decoding_everything(url, cal.concurrency)  # the neighbour was busy throughout
+            return t if still else None
+        finally:
+            bench.wait(120)
+
+    ratios = []
+    for r in range(cal.repeats):
+        if r % 2:
+            busy, alone = beside_decodes(r), prefills(1000 + r)
+        else:
+            alone, busy = prefills(1000 + r), beside_decodes(r)
+        if busy is not None:
+            ratios.append(busy / alone)
+            if log:
+                log(f"prefill {cal.neighbor_prompt_len}: {1e3 * alone:.1f} ms alone, {1e3 * busy:.1f} ms "
+                    f"beside {cal.concurrency} decodes")
+    return max(0.0, median(ratios) - 1.0) if ratios else 0.0
+
+
 def measure_overheads(engine, url: str, model: str, cal: Calibration, vocab: int,
                       log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Run the calibration requests against a running server and `engine` (the same model, idle,
@@ -173,7 +234,10 @@ def measure_overheads(engine, url: str, model: str, cal: Calibration, vocab: int
     row = max(0.0, (median(batched) - one) / (cal.concurrency - 1)) if batched else 0.0
     step = max(0.0, one - row)
     request = max(0.0, median(ttft for ttft, _ in single) - step - row)
-    return {"step_overhead_s": step, "row_overhead_s": row, "request_overhead_s": request}
+    out = {"step_overhead_s": step, "row_overhead_s": row, "request_overhead_s": request}
+    if cal.mode == "disagg":
+        out["neighbor_slowdown"] = measure_neighbor_slowdown(engine, url, cal, vocab, log)
+    return out
 
 
 def calibrate(table: ProfileTable, model_dir: str, cal: Calibration,

@@ -37,7 +37,10 @@ class Simulator:
                  prompts: PromptBuilder, run_ahead: bool = True):
         cluster.validate()
         self.cfg = cluster
-        self.run_ahead = run_ahead and cluster.mode == COLOCATED
+        self.neighbor_slowdown = cost.neighbor_slowdown
+        # running one instance's steps ahead would hide which neighbours are mid-step
+        self.run_ahead = run_ahead and cluster.mode == COLOCATED and not (
+            self.neighbor_slowdown and cluster.num_instances > 1)
         self.prompts = prompts
         if cluster.mode == COLOCATED:
             self.unified = [SimInstance(i, UNIFIED, instance_cfg, cost) for i in range(cluster.num_instances)]
@@ -120,6 +123,9 @@ class Simulator:
                 return
             if end < now:
                 end = now
+            if self.neighbor_slowdown and any(o.busy for o in self.instances if o is not inst):
+                # judged at the step's start: under load the neighbour is busy for most of it
+                end = now + (end - now) * (1.0 + self.neighbor_slowdown)
             if inst.role == PREFILL:
                 end = self.pd.push(inst, now, end)
             if end >= horizon:

@@ -20,6 +20,7 @@ class LinearCost:
     per_prefill_token: float = 0.001
     per_decode: float = 0.002
     request_overhead_s: float = 0.0
+    neighbor_slowdown: float = 0.0
 
     def step_time(self, s: BatchShape) -> float:
         return self.base + self.per_prefill_token * s.prefill_tokens + self.per_decode * s.decode_seqs

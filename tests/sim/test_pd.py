@@ -6,7 +6,7 @@ import pytest
 
 from banaserve.sim.cluster import ClusterConfig
 from banaserve.sim.links import Link
-from tests.sim.helpers import simulator, spec
+from tests.sim.helpers import LinearCost, simulator, spec
 
 DISAGG = ClusterConfig(mode="disagg", num_prefill=1, num_decode=1, link_bandwidth=1e6, link_latency_s=0.0,
                        kv_bytes_per_token=1000, num_layers=10)
@@ -70,3 +70,20 @@ def test_disagg_decode_prefix_hit_is_not_sent():
     # the second prompt's first 80 tokens (5 full blocks; the last token is always computed) are
     # cached on the decode instance: only the rest crosses the link
     assert sim.links[0].bytes_sent == 96 * 1000 + 16 * 1000
+
+
+def test_neighbor_slowdown_stretches_steps_that_start_beside_a_busy_instance():
+    """Instances sharing a host (a CPU profile's measured neighbor_slowdown) slow each other."""
+    fast = dataclasses.replace(DISAGG, link_bandwidth=1e15)
+    specs = [spec(0, 0.0, 100, 40), spec(1, 0.2, 100, 2)]
+    base = simulator(fast).run(specs)
+    slow = simulator(fast, cost=LinearCost(neighbor_slowdown=0.5)).run(specs)
+    # alone, the first prefill is not stretched
+    assert slow[0].first_token_s == pytest.approx(base[0].first_token_s) == pytest.approx(0.110)
+    # the second prompt's reservation waits 6 ms for the decode step boundary at 0.206 s, then its
+    # prefill starts while the decode instance is mid-step: 110 ms x 1.5
+    assert base[1].first_token_s == pytest.approx(0.206 + 0.110)
+    assert slow[1].first_token_s == pytest.approx(0.206 + 0.165)
+    # decode steps that start during that prefill stretch too; the others do not
+    gaps = [b - a for a, b in zip(slow[0].token_times_s, slow[0].token_times_s[1:])]
+    assert min(gaps) == pytest.approx(0.012) and max(gaps) == pytest.approx(0.012 * 1.5)

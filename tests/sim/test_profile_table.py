@@ -85,8 +85,10 @@ def test_not_a_profile(tmp_path):
 
 def test_serving_overheads_add_per_step_and_per_row_and_round_trip(tmp_path):
     t = table()
-    t.serving = {"step_overhead_s": 0.25, "row_overhead_s": 0.01, "request_overhead_s": 3.0}
+    t.serving = {"step_overhead_s": 0.25, "row_overhead_s": 0.01, "request_overhead_s": 3.0,
+                 "neighbor_slowdown": 0.2}
     cost = ProfileCostModel(t)
+    assert cost.neighbor_slowdown == 0.2  # applied by the simulator (tests/sim/test_pd.py)
     shape = BatchShape(prefill_tokens=100, prefill_seqs=1, decode_seqs=2, decode_ctx=600, decode_max_ctx=500,
                        sampled=3)
     assert cost.step_time(shape) == pytest.approx(expected(100, 2, 300) + 0.25 + 3 * 0.01)

@@ -53,6 +53,8 @@ def build_parser() -> Parser:
     p.add_argument("--serving", choices=("colocated", "disagg"), default=None,
                    help="also measure what a live `banaserve serve` of this mode adds per step and per "
                         "request (sim/serving_calibration.py); CPU only")
+    p.add_argument("--serving-repeats", type=int, default=5,
+                   help="with --serving: calibration rounds (each: 2 requests per prompt length, 8 streams)")
     p.add_argument("--profile", default=None,
                    help="with --serving: add the serving overheads to this profile instead of measuring a grid")
     return p
@@ -79,6 +81,8 @@ def main(argv: list[str]) -> int:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(out_dir):
             raise ArgError(f"--out directory {out_dir} does not exist")
+        if args.serving_repeats < 1:
+            raise ArgError(f"--serving-repeats must be >= 1, got {args.serving_repeats}")
         if args.serving is not None and args.device != "cpu":
             raise ArgError("--serving is measured on cpu only")
         if args.profile is not None:
@@ -124,7 +128,7 @@ def add_serving(args: argparse.Namespace, table: ProfileTable) -> int:
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         table.serving = calibrate(table, args.model or default_model_path(),
-                                  Calibration(mode=args.serving, threads=threads), log)
+                                  Calibration(mode=args.serving, threads=threads, repeats=args.serving_repeats), log)
     except (RuntimeError, OSError) as e:
         print(f"banaserve profile: error: serving calibration failed: {e}", file=sys.stderr)
         return 1

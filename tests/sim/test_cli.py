@@ -105,7 +105,8 @@ def test_profile_serving_overheads_from_a_live_server(tmp_path, tiny_model, caps
     assert code == 0
     prof = tmp_path / "served.json"
     code, stdout, err = run_cli(profile_cli.main, ["--model", tiny_model, "--profile", str(grid), "--serving", mode,
-                                                   "--threads", "1", "--out", str(prof)], capsys)
+                                                   "--serving-repeats", "2", "--threads", "1", "--out", str(prof)],
+                                capsys)
     assert code == 0, err
     doc = json.loads(prof.read_text())
     serving = doc["serving"]
@@ -116,8 +117,8 @@ def test_profile_serving_overheads_from_a_live_server(tmp_path, tiny_model, caps
     assert 0 <= serving["step_overhead_s"] < 0.5 and 0 <= serving["row_overhead_s"] < 0.1
     assert 0 < serving["request_overhead_s"] < 2.0
     assert doc["step_time_s"] == json.loads(grid.read_text())["step_time_s"] and doc["meta"]["serving_mode"] == mode
-    # 3 prompt lengths x 5 repeats, each against the same request run alone; 5 batched rounds
-    assert err.count("1 stream, prompt") == 15 and err.count("8 streams") == 5
+    # 3 prompt lengths x 2 rounds x 2 requests, each against prompts run alone; 2 batched rounds
+    assert err.count("1 stream, prompt") == 12 and err.count("8 streams") == 2
 
 
 def test_profile_serving_bad_input(tmp_path, capsys):
@@ -126,3 +127,6 @@ def test_profile_serving_bad_input(tmp_path, capsys):
     code, _, err = run_cli(profile_cli.main, ["--profile", str(tmp_path / "none.json"), "--serving", "colocated",
                                               "--out", str(tmp_path / "p.json")], capsys)
     assert code == 2 and "cannot read profile" in err and err.count("\n") == 1
+    code, _, err = run_cli(profile_cli.main, ["--serving", "disagg", "--serving-repeats", "0", "--out", "p.json"],
+                           capsys)
+    assert code == 2 and "--serving-repeats" in err and err.count("\n") == 1

@@ -36,8 +36,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import fmean, median
+from typing import TYPE_CHECKING
 
 from banaserve.sim.profile_table import ProfileTable
+
+if TYPE_CHECKING:  # the engine pulls in torch: imported where a calibration runs, not at import
+    from banaserve.engine.llm_engine import LLMEngine
 
 
 @dataclass(slots=True)
@@ -104,7 +108,7 @@ def bench_times(url: str, prompt_len: int, max_tokens: int, num: int, seed: int,
             for r in records]
 
 
-def run_alone(engine, prompts: list[list[int]], max_tokens: int) -> list[tuple[float, float]]:
+def run_alone(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> list[tuple[float, float]]:
     """(TTFT, mean inter-token time) of each prompt, all added at once to an idle in-process engine."""
     from banaserve.engine.sampling_params import SamplingParams
 
@@ -130,7 +134,7 @@ def _decoding_everything(url: str, streams: int) -> bool:
     return held.get("decode", 0) >= streams and held.get("prefill", 0) == 0
 
 
-def measure_neighbor_slowdown(engine, url: str, cal: Calibration, vocab: int,
+def measure_neighbor_slowdown(engine: LLMEngine, url: str, cal: Calibration, vocab: int,
                               log: Callable[[str], None] | None = None) -> float:
     """How much `engine`'s prefill steps stretch while the disagg server's decode instance decodes
     a batch on the same host: prefills timed while `banaserve bench` (a separate process, as in a
@@ -183,7 +187,7 @@ def measure_neighbor_slowdown(engine, url: str, cal: Calibration, vocab: int,
     return max(0.0, median(ratios) - 1.0) if ratios else 0.0
 
 
-def measure_overheads(engine, url: str, cal: Calibration, vocab: int,
+def measure_overheads(engine: LLMEngine, url: str, cal: Calibration, vocab: int,
                       log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Run the calibration requests against a running server and `engine` (the same model, idle,
     in this process); returns the table's `serving` dict."""

@@ -218,7 +218,8 @@ def main() -> int:
         for mode in modes:
             out_paths[mode] = path.replace(".json", f"_{mode}.json")
             banaserve("profile", "--model", a.model, "--threads", str(a.threads), "--profile", path,
-                      "--serving", mode, "--out", out_paths[mode], "--quiet")
+                      "--serving", mode, "--out", out_paths[mode], "--quiet",
+                      *(["--serving-repeats", "1"] if a.quick else []))
         return out_paths
 
     if a.profile:

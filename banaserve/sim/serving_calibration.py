@@ -84,6 +84,19 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> str:
     raise RuntimeError(f"banaserve serve not ready after {timeout_s:.0f} s")
 
 
+def _bench_cmd(url: str, prompt_len: int, max_tokens: int, num: int, seed: int) -> list[str]:
+    """`banaserve bench` sending `num` synthetic prompts at once (fresh prompts per seed: no
+    prefix-cache hits on the server)."""
+    return [sys.executable, "-m", "banaserve", "bench", "--endpoint", url, "--trace",
+            f"synthetic:input=fixed:{prompt_len},output=fixed:{max_tokens}", "--num-requests", str(num),
+            "--rate", "inf", "--seed", str(seed), "--no-progress"]
+
+
+def _prompt(n: int, salt: int, vocab: int) -> list[int]:
+    """A synthetic `n`-token prompt, different for every salt."""
+    return [3 + (7 * i + 13 * salt + n) % (vocab - 3) for i in range(n)]
+
+
 def bench_times(url: str, prompt_len: int, max_tokens: int, num: int, seed: int,
                 concurrent: bool) -> list[tuple[float, float]]:
     """(TTFT, mean inter-token time) in seconds of `num` greedy streams of synthetic `prompt_len`-token
@@ -92,9 +105,7 @@ def bench_times(url: str, prompt_len: int, max_tokens: int, num: int, seed: int,
     engine, measured 8-11 ms less TTFT and 1.3-2 ms less inter-token time on this VM."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.json")
-        cmd = [sys.executable, "-m", "banaserve", "bench", "--endpoint", url, "--trace",
-               f"synthetic:input=fixed:{prompt_len},output=fixed:{max_tokens}", "--num-requests", str(num),
-               "--rate", "inf", "--seed", str(seed), "--no-progress", "--out", out,
+        cmd = [*_bench_cmd(url, prompt_len, max_tokens, num, seed), "--out", out,
                *([] if concurrent else ["--max-concurrency", "1"])]
         run = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
         if run.returncode != 0:
@@ -124,7 +135,7 @@ def run_alone(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> l
             if o.new_token_ids:
                 first.setdefault(o.request_id, now)
                 last[o.request_id] = now
-    return [(first[i], (last[i] - first[i]) / (max_tokens - 1)) for i in ids]
+    return [(first[i], (last[i] - first[i]) / max(1, max_tokens - 1)) for i in ids]
 
 
 def _decoding_everything(url: str, streams: int) -> bool:
@@ -140,27 +151,14 @@ def measure_neighbor_slowdown(engine: LLMEngine, url: str, cal: Calibration, voc
     a batch on the same host: prefills timed while `banaserve bench` (a separate process, as in a
     live run) streams `cal.concurrency` long requests, against the same prefills with the server
     idle, alternating the order. Returns the median ratio - 1, at least 0."""
-    from banaserve.engine.sampling_params import SamplingParams
-
-    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
-
     def prefills(salt: int) -> float:
-        times = []
-        for i in range(3):
-            engine.add_request(prompt_token_ids=[3 + (11 * k + 101 * salt + i) % (vocab - 3)
-                                                 for k in range(cal.neighbor_prompt_len)], params=params)
-            t0 = time.perf_counter()
-            while engine.has_unfinished_requests():
-                engine.step()
-            times.append(time.perf_counter() - t0)
-        return fmean(times)
+        # salts apart from measure_overheads' seeds: a repeated prompt would hit the prefix cache
+        return fmean(run_alone(engine, [_prompt(cal.neighbor_prompt_len, 10**6 + 3 * salt + i, vocab)], 1)[0][0]
+                     for i in range(3))
 
     def beside_decodes(salt: int) -> float | None:
-        trace = f"synthetic:input=fixed:{cal.batch_prompt_len},output=fixed:{cal.neighbor_max_tokens}"
-        bench = subprocess.Popen([sys.executable, "-m", "banaserve", "bench", "--endpoint", url, "--trace", trace,
-                                  "--num-requests", str(cal.concurrency), "--rate", "inf", "--no-progress",
-                                  "--seed", str(1000 + salt)],  # fresh prompts: no prefix-cache hits
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = _bench_cmd(url, cal.batch_prompt_len, cal.neighbor_max_tokens, cal.concurrency, 1000 + salt)
+        bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             while not _decoding_everything(url, cal.concurrency):
@@ -191,9 +189,6 @@ def measure_overheads(engine: LLMEngine, url: str, cal: Calibration, vocab: int,
                       log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Run the calibration requests against a running server and `engine` (the same model, idle,
     in this process); returns the table's `serving` dict."""
-    def prompt(n: int, salt: int) -> list[int]:
-        return [3 + (7 * i + 13 * salt + n) % (vocab - 3) for i in range(n)]
-
     seeds = iter(range(1, 1_000_000))  # a fresh prompt every time: no prefix-cache hits on the server
 
     def paired(n: int, count: int, max_tokens: int, concurrent: bool, live_first: bool) -> list[tuple[float, float]]:
@@ -202,16 +197,20 @@ def measure_overheads(engine: LLMEngine, url: str, cal: Calibration, vocab: int,
             return bench_times(url, n, max_tokens, count, next(seeds), concurrent)
 
         def alone() -> list[tuple[float, float]]:
-            prompts = [prompt(n, next(seeds)) for _ in range(count)]
+            prompts = [_prompt(n, next(seeds), vocab) for _ in range(count)]
             if concurrent:
                 return run_alone(engine, prompts, max_tokens)
             return [run_alone(engine, [p], max_tokens)[0] for p in prompts]
 
-        first, second = (live(), alone()) if live_first else (alone(), live())
-        lv, al = (first, second) if live_first else (second, first)
+        if live_first:
+            lv = live()
+            al = alone()
+        else:
+            al = alone()
+            lv = live()
         return [(lt - at, li - ai) for (lt, li), (at, ai) in zip(lv, al, strict=True)]
 
-    run_alone(engine, [prompt(16, 0)], 4)  # warm-up: first-request costs on both sides
+    run_alone(engine, [_prompt(16, 0, vocab)], 4)  # warm-up: first-request costs on both sides
     bench_times(url, 16, 4, 1, 0, False)
     single, batched = [], []
     for r in range(cal.repeats):

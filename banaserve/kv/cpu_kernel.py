@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "paged_decode.c"
 # -ffast-math lets GCC vectorise expf and the dot-product reductions. It is given to the compile
 # step only: linking a shared object with it would set flush-to-zero for the whole process.
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c11"]
-LINK_FLAGS = ["-shared", "-lm", "-lpthread"]
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
+LINK_FLAGS = ["-shared", "-lm"]
+# -fopenmp threads the kernel on torch's own OpenMP pool (see the source); a compiler without
+# OpenMP gets a single-threaded build that still vectorises (-fopenmp-simd needs no runtime).
+THREADING = (["-fopenmp"], ["-fopenmp-simd"])
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -54,15 +57,27 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode() + _cpu_signature().encode())
+    """The cached library, built with the first THREADING choice the compiler accepts."""
+    for i, threading_flags in enumerate(THREADING):
+        try:
+            return _build_with(compiler, threading_flags)
+        except subprocess.CalledProcessError:
+            if i == len(THREADING) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _build_with(compiler: str, threading_flags: list[str]) -> Path:
+    flags = [*COMPILE_FLAGS, *threading_flags]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_signature().encode())
     target = _cache_dir() / f"paged_decode-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = os.path.join(tmp, "k.o"), os.path.join(tmp, "k.so")
-        subprocess.run([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj], check=True, capture_output=True)
-        subprocess.run([compiler, obj, "-o", lib, *LINK_FLAGS], check=True, capture_output=True)
+        subprocess.run([compiler, *flags, "-c", str(SOURCE), "-o", obj], check=True, capture_output=True)
+        subprocess.run([compiler, obj, "-o", lib, *LINK_FLAGS, *threading_flags], check=True, capture_output=True)
         os.replace(lib, target)  # atomic: instances starting together may all build; one wins
     return target
 

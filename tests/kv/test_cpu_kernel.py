@@ -42,6 +42,8 @@ def reference(q, cache, tables, lens) -> torch.Tensor:
     (4, 4, 128, 8),   # MHA, head_dim 128 (qwen3-style)
     (8, 1, 32, 16),   # MQA, a head size without a specialised copy
     (12, 4, 64, 1),   # one token per block
+    (4, 2, 96, 16),   # a head wider than one 64-float accumulator pass
+    (4, 2, 20, 16),   # a head size that is no multiple of 8: the scalar path
 ])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kernel_matches_pytorch_path(heads, kv_heads, head_dim, block_size, seed):

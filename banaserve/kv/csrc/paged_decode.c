@@ -6,7 +6,6 @@
  * Softmax is exact (scores kept, max subtracted) like scaled_dot_product_attention.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,110 +16,168 @@ typedef struct {
     float *out;
     int64_t num_seqs, max_blocks, block_size, num_heads, num_kv_heads, head_dim;
     float scale;
-    int64_t first, stride; /* this thread's work items: first, first + stride, ... */
-    int status;
 } Job;
 
-/* D is a parameter of an always-inlined body so that the common head sizes get their own fully
- * unrolled copies (see attend_one); blocks are walked in order so each is one contiguous read. */
-static inline __attribute__((always_inline)) void attend(const Job *j, int64_t seq, float *scores, const int64_t D) {
-    const int64_t H = j->num_heads, KVH = j->num_kv_heads, G = H / KVH, bs = j->block_size;
-    const int64_t ctx = j->ctx_lens[seq], row = KVH * D;
-    const int64_t *table = j->tables + seq * j->max_blocks;
-    const float *q = j->q + seq * H * D;
-    float *out = j->out + seq * H * D;
-    for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
-        const float *kb = j->k + table[t0 / bs] * bs * row;
-        const int64_t n = ctx - t0 < bs ? ctx - t0 : bs;
-        for (int64_t i = 0; i < n; i++) {
-            const float *k = kb + i * row;
-            for (int64_t h = 0; h < H; h++) {
-                const float *qh = q + h * D, *kh = k + (h / G) * D;
-                float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                for (int64_t d = 0; d < D; d++) s += qh[d] * kh[d];
-                scores[h * ctx + t0 + i] = s;
-            }
-        }
-    }
-    for (int64_t h = 0; h < H; h++) {
-        float *sh = scores + h * ctx, m = sh[0], sum = 0.f;
-        for (int64_t t = 1; t < ctx; t++) m = sh[t] > m ? sh[t] : m;
-        const float scale = j->scale;
+/* 8 floats; GCC lowers these to AVX (or pairs of SSE/NEON registers) without intrinsics headers.
+ * The unaligned twin loads rows at any float offset. */
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf8u __attribute__((vector_size(32), aligned(4)));
+typedef int vi8 __attribute__((vector_size(32)));
+#define LOAD8(p) (*(const vf8u *)(p))
+#define AHEAD 8 /* tokens ahead to prefetch */
+#define TILE 32 /* tokens whose V rows stay in L1 while every query head uses them */
+
+/* Lane t of the result is the sum of a[t]'s 8 lanes: three levels of pairwise shuffles and adds
+ * instead of a horizontal sum per dot product (the inputs are fed 0,2,1,3 so lanes come out in order). */
+static inline vf8 sum_lanes8(const vf8 a[8]) {
+    const vi8 lo1 = {0, 1, 2, 3, 8, 9, 10, 11}, hi1 = {4, 5, 6, 7, 12, 13, 14, 15};
+    const vi8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const vi8 lo3 = {0, 2, 4, 6, 8, 10, 12, 14}, hi3 = {1, 3, 5, 7, 9, 11, 13, 15};
+    vf8 c0 = __builtin_shuffle(a[0], a[2], lo1) + __builtin_shuffle(a[0], a[2], hi1);
+    vf8 c1 = __builtin_shuffle(a[1], a[3], lo1) + __builtin_shuffle(a[1], a[3], hi1);
+    vf8 c2 = __builtin_shuffle(a[4], a[6], lo1) + __builtin_shuffle(a[4], a[6], hi1);
+    vf8 c3 = __builtin_shuffle(a[5], a[7], lo1) + __builtin_shuffle(a[5], a[7], hi1);
+    vf8 d0 = __builtin_shuffle(c0, c1, lo2) + __builtin_shuffle(c0, c1, hi2);
+    vf8 d1 = __builtin_shuffle(c2, c3, lo2) + __builtin_shuffle(c2, c3, hi2);
+    return __builtin_shuffle(d0, d1, lo3) + __builtin_shuffle(d0, d1, hi3);
+}
+
+/* Softmax of each of the G score rows (length ctx, `ld` apart), in place; scores arrive scaled. */
+static void softmax_rows(float *scores, int64_t G, int64_t ctx, int64_t ld) {
+    for (int64_t g = 0; g < G; g++) {
+        float *sg = scores + g * ld, m = sg[0], sum = 0.f;
+        for (int64_t t = 1; t < ctx; t++) m = sg[t] > m ? sg[t] : m;
 #pragma omp simd reduction(+ : sum)
         for (int64_t t = 0; t < ctx; t++) {
-            sh[t] = expf((sh[t] - m) * scale);
-            sum += sh[t];
+            sg[t] = expf(sg[t] - m);
+            sum += sg[t];
         }
         const float inv = 1.f / sum;
 #pragma omp simd
-        for (int64_t t = 0; t < ctx; t++) sh[t] *= inv;
+        for (int64_t t = 0; t < ctx; t++) sg[t] *= inv;
     }
+}
+
+/* One sequence, D a multiple of 8 (inlined per head size, so D/8 is a constant). rows[t] points at
+ * token t's K row (all KV heads, contiguous) in the cache; its V row is the same offset from the V
+ * cache. Tokens go in the outer loop so that each row is read whole, once, in order: scattered
+ * blocks break the hardware prefetcher's streams, so rows AHEAD tokens on are prefetched by hand.
+ * Each KV head scores 8 tokens at a time against each of its G query heads, with 8 independent
+ * accumulators, and the V pass walks TILE tokens per head group while they sit in L1. */
+static inline __attribute__((always_inline)) void attend_vec(const Job *j, int64_t seq, float *scores,
+                                                             const float **rows, const int64_t D) {
+    const int64_t H = j->num_heads, KVH = j->num_kv_heads, G = H / KVH, row = KVH * D;
+    const int64_t ctx = j->ctx_lens[seq], ld = ctx + 8; /* score row stride: 8 floats of slack */
+    const int64_t v_off = j->v - j->k;
+    const float *q = j->q + seq * H * D;
+    float *out = j->out + seq * H * D;
+    for (int64_t t0 = 0; t0 < ctx; t0 += 8) {
+        for (int64_t i = t0 + AHEAD; i < t0 + AHEAD + 8 && i < ctx; i++)
+            for (int64_t d = 0; d < row; d += 16) __builtin_prefetch(rows[i] + d);
+        const float *k[8];
+        for (int64_t i = 0; i < 8; i++) k[i] = rows[t0 + i < ctx ? t0 + i : ctx - 1];
+        for (int64_t h = 0; h < H; h++) {
+            const float *qh = q + h * D;
+            const int64_t kd = (h / G) * D;
+            vf8 acc[8] = {0};
+            for (int64_t d = 0; d < D; d += 8) {
+                const vf8 qd = LOAD8(qh + d);
+                for (int64_t i = 0; i < 8; i++) acc[i] += qd * LOAD8(k[i] + kd + d);
+            }
+            /* scores has 8 floats of slack per row: a partial last group may spill into it */
+            *(vf8u *)(scores + h * ld + t0) = sum_lanes8(acc) * j->scale;
+        }
+    }
+    softmax_rows(scores, H, ctx, ld);
     memset(out, 0, (size_t)(H * D) * sizeof(float));
-    for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
-        const float *vb = j->v + table[t0 / bs] * bs * row;
-        const int64_t n = ctx - t0 < bs ? ctx - t0 : bs;
-        for (int64_t i = 0; i < n; i++) {
-            const float *v = vb + i * row;
-            for (int64_t h = 0; h < H; h++) {
-                const float p = scores[h * ctx + t0 + i], *vh = v + (h / G) * D;
-                float *o = out + h * D;
-#pragma omp simd
-                for (int64_t d = 0; d < D; d++) o[d] += p * vh[d];
+    for (int64_t t0 = 0; t0 < ctx; t0 += TILE) {
+        const int64_t t1 = ctx - t0 < TILE ? ctx : t0 + TILE;
+        for (int64_t t = t0 + AHEAD; t < t1 + AHEAD && t < ctx; t++)
+            for (int64_t d = 0; d < row; d += 16) __builtin_prefetch(rows[t] + v_off + d);
+        for (int64_t h = 0; h < H; h++) {
+            const float *p = scores + h * ld;
+            const int64_t vd = (h / G) * D;
+            for (int64_t d0 = 0; d0 < D; d0 += 64) { /* at most 8 accumulators live at once */
+                const int64_t w = D - d0 < 64 ? D - d0 : 64;
+                vf8 o[8];
+                for (int64_t c = 0; c < w / 8; c++) o[c] = LOAD8(out + h * D + d0 + 8 * c);
+                for (int64_t t = t0; t < t1; t++) {
+                    const float *v = rows[t] + v_off + vd + d0;
+                    for (int64_t c = 0; c < w / 8; c++) o[c] += p[t] * LOAD8(v + 8 * c);
+                }
+                for (int64_t c = 0; c < w / 8; c++) *(vf8u *)(out + h * D + d0 + 8 * c) = o[c];
             }
         }
     }
 }
 
-static void attend_one(const Job *j, int64_t seq, float *scores) {
+/* Any head size: plain loops, per KV head so no head -> KV-head division sits in a hot loop. */
+static void attend_any(const Job *j, int64_t seq, float *scores, const float **rows) {
+    const int64_t H = j->num_heads, KVH = j->num_kv_heads, G = H / KVH, D = j->head_dim;
+    const int64_t ctx = j->ctx_lens[seq], ld = ctx + 8; /* score row stride: 8 floats of slack */
+    const int64_t v_off = j->v - j->k;
+    for (int64_t kvh = 0; kvh < KVH; kvh++) {
+        const float *q = j->q + (seq * H + kvh * G) * D;
+        float *out = j->out + (seq * H + kvh * G) * D;
+        for (int64_t t = 0; t < ctx; t++) {
+            const float *k = rows[t] + kvh * D;
+            for (int64_t g = 0; g < G; g++) {
+                float s = 0.f;
+                for (int64_t d = 0; d < D; d++) s += q[g * D + d] * k[d];
+                scores[g * ld + t] = s * j->scale;
+            }
+        }
+        softmax_rows(scores, G, ctx, ld);
+        memset(out, 0, (size_t)(G * D) * sizeof(float));
+        for (int64_t t = 0; t < ctx; t++) {
+            const float *v = rows[t] + v_off + kvh * D;
+            for (int64_t g = 0; g < G; g++)
+                for (int64_t d = 0; d < D; d++) out[g * D + d] += scores[g * ld + t] * v[d];
+        }
+    }
+}
+
+static void attend_one(const Job *j, int64_t seq, float *scores, const float **rows) {
+    const int64_t bs = j->block_size, row = j->num_kv_heads * j->head_dim, ctx = j->ctx_lens[seq];
+    const int64_t *table = j->tables + seq * j->max_blocks;
+    for (int64_t t0 = 0, b = 0; t0 < ctx; t0 += bs, b++) /* blocks in order: no division per token */
+        for (int64_t i = 0; i < bs && t0 + i < ctx; i++) rows[t0 + i] = j->k + (table[b] * bs + i) * row;
     switch (j->head_dim) {
-    case 64: attend(j, seq, scores, 64); break;
-    case 128: attend(j, seq, scores, 128); break;
-    default: attend(j, seq, scores, j->head_dim);
+    case 64: attend_vec(j, seq, scores, rows, 64); break;
+    case 128: attend_vec(j, seq, scores, rows, 128); break;
+    default:
+        if (j->head_dim % 8 == 0) attend_vec(j, seq, scores, rows, j->head_dim);
+        else attend_any(j, seq, scores, rows);
     }
 }
 
-static void *run_job(void *arg) {
-    Job *j = (Job *)arg;
-    int64_t max_ctx = 0;
-    for (int64_t s = 0; s < j->num_seqs; s++) max_ctx = j->ctx_lens[s] > max_ctx ? j->ctx_lens[s] : max_ctx;
-    float *scores = malloc((size_t)(j->num_heads * (max_ctx > 0 ? max_ctx : 1)) * sizeof(float));
-    if (!scores) {
-        j->status = 1;
-        return NULL;
-    }
-    for (int64_t s = j->first; s < j->num_seqs; s += j->stride)
-        if (j->ctx_lens[s] > 0) attend_one(j, s, scores);
-    free(scores);
-    j->status = 0;
-    return NULL;
-}
-
-/* Returns 0 on success, nonzero if a thread or buffer could not be had. */
+/* Returns 0 on success, nonzero if a score buffer could not be had.
+ *
+ * Threads come from OpenMP: loaded into a process that runs torch, this library binds to the
+ * libgomp torch already loaded (same soname), so the kernel runs on torch's own worker threads.
+ * Threads of our own would compete for the cores with torch's workers, which spin for a while
+ * after every torch op: that measured up to 2x slower inside the engine than alone. */
 int paged_decode_attention_f32(const float *q, const float *k_cache, const float *v_cache, const int64_t *block_tables,
                                const int64_t *ctx_lens, float *out, int64_t num_seqs, int64_t max_blocks,
                                int64_t block_size, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                                float scale, int64_t num_threads) {
+    const Job job = {q, k_cache, v_cache, block_tables, ctx_lens, out, num_seqs, max_blocks, block_size,
+                     num_heads, num_kv_heads, head_dim, scale};
+    int64_t max_ctx = 1;
+    for (int64_t s = 0; s < num_seqs; s++) max_ctx = ctx_lens[s] > max_ctx ? ctx_lens[s] : max_ctx;
     if (num_threads < 1) num_threads = 1;
-    if (num_threads > 64) num_threads = 64;
-    Job jobs[64];
-    pthread_t threads[64];
-    int started[64] = {0};
-    for (int64_t i = 0; i < num_threads; i++) {
-        jobs[i] = (Job){q, k_cache, v_cache, block_tables, ctx_lens, out, num_seqs, max_blocks, block_size,
-                        num_heads, num_kv_heads, head_dim, scale, i, num_threads, 1};
-    }
-    for (int64_t i = 1; i < num_threads; i++) started[i] = pthread_create(&threads[i], NULL, run_job, &jobs[i]) == 0;
-    run_job(&jobs[0]);
-    int status = jobs[0].status;
-    for (int64_t i = 1; i < num_threads; i++) {
-        if (started[i]) {
-            pthread_join(threads[i], NULL);
-            status |= jobs[i].status;
-        } else {
-            run_job(&jobs[i]); /* could not start a thread: do its share here */
-            status |= jobs[i].status;
-        }
+    int status = 0;
+#pragma omp parallel num_threads(num_threads) reduction(| : status)
+    {
+        float *scores = malloc((size_t)(num_heads * (max_ctx + 8)) * sizeof(float));
+        const float **rows = malloc((size_t)max_ctx * sizeof(*rows));
+        status = !scores || !rows;
+        /* sequences arrive sorted by context length: hand them out one at a time */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t s = 0; s < num_seqs; s++)
+            if (!status && ctx_lens[s] > 0) attend_one(&job, s, scores, rows);
+        free(scores);
+        free(rows);
     }
     return status;
 }

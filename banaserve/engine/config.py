@@ -18,6 +18,7 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     num_kv_blocks: int | None = None  # default: from kv_cache_gb (CPU) or gpu_memory_utilization (CUDA)
     kv_cache_gb: float = 2.0
+    prefault_kv_cache: bool = True  # CPU: make the KV pages resident at startup
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
@@ -29,6 +30,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks <= 0:
             raise ValueError(f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
+        if self.kv_cache_gb <= 0:
+            raise ValueError(f"kv_cache_gb must be positive, got {self.kv_cache_gb}")
         if self.max_model_len is not None and self.max_model_len <= 1:
             raise ValueError(f"max_model_len must be > 1, got {self.max_model_len}")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -50,7 +50,7 @@ class LLMEngine:
         self.block_size = config.block_size
         self.num_blocks = config.num_kv_blocks or self._auto_num_blocks()
         kv = allocate_kv_caches(mc.num_layers, self.num_blocks, self.block_size, mc.num_kv_heads,
-                                mc.head_dim, self.dtype, self.device)
+                                mc.head_dim, self.dtype, self.device, config.prefault_kv_cache)
         self.fingerprint = model_fingerprint(path, self.dtype, self.block_size)
         self.blocks = BlockManager(self.num_blocks, self.block_size, self.fingerprint,
                                    config.enable_prefix_caching)

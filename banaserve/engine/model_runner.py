@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import mmap
 from collections.abc import Callable
 
 import numpy as np
@@ -133,18 +135,32 @@ class ModelRunner:
 
 
 def allocate_kv_caches(num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
-                       head_dim: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+                       head_dim: int, dtype: torch.dtype, device: torch.device,
+                       prefault: bool = True) -> list[torch.Tensor]:
     """One zeroed [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer.
 
     Zeroed because padded decode attention reads (masked) unused slots, and garbage NaNs there
-    would poison the output. On CPU the memory comes from calloc'd numpy pages, which the OS
-    zeroes lazily, instead of torch.zeros' eager memset of gigabytes.
+    would poison the output. On CPU the memory is anonymous mmap pages, which the OS zeroes. With
+    `prefault` they are made resident here, at startup, rather than faulted in one 4 KiB page at a
+    time as blocks first fill: on our VM that cost the first 95k prompt tokens 2-4 s of page faults
+    inside the forward pass (docs/design-decisions.md, "KV memory is resident from the start").
     """
     shape = (2, num_blocks, block_size, num_kv_heads, head_dim)
     if device.type != "cpu":
         return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-    if dtype == torch.bfloat16:  # numpy has no bfloat16: same-width int16 zeros, reinterpreted
-        return [torch.from_numpy(np.zeros(shape, dtype=np.int16)).view(torch.bfloat16) for _ in range(num_layers)]
-    np_dtype = {torch.float32: np.float32, torch.float16: np.float16}[dtype]
-    return [torch.from_numpy(np.zeros(shape, dtype=np_dtype)) for _ in range(num_layers)]
+    nbytes = math.prod(shape) * dtype.itemsize
+    return [_zeroed_pages(nbytes, prefault).view(dtype).view(shape) for _ in range(num_layers)]
 
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python's mmap module has no name for it before 3.13
+
+
+def _zeroed_pages(nbytes: int, prefault: bool) -> torch.Tensor:
+    """`nbytes` of zeroed anonymous memory as a uint8 tensor (which keeps the mapping alive)."""
+    buf = mmap.mmap(-1, nbytes)
+    if prefault:
+        try:
+            buf.madvise(MADV_POPULATE_WRITE)  # one call: far cheaper than a fault per page
+        except (OSError, AttributeError):  # older kernel or not Linux: touch every page instead
+            np.frombuffer(buf, dtype=np.uint8)[::mmap.PAGESIZE] = 0
+    return torch.frombuffer(buf, dtype=torch.uint8)

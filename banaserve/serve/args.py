@@ -43,6 +43,8 @@ class ServeArgs:
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
     num_kv_blocks: int | None = None
+    kv_cache_gb: float = 2.0
+    prefault_kv_cache: bool = True
     max_model_len: int | None = None
     seed: int = 0
 
@@ -66,5 +68,6 @@ class ServeArgs:
         return EngineConfig(
             model=self.model, dtype=self.dtype, device=self.device, block_size=self.block_size,
             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
-            num_kv_blocks=self.num_kv_blocks, max_model_len=self.max_model_len, seed=self.seed,
+            num_kv_blocks=self.num_kv_blocks, kv_cache_gb=self.kv_cache_gb,
+            prefault_kv_cache=self.prefault_kv_cache, max_model_len=self.max_model_len, seed=self.seed,
         )

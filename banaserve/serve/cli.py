@@ -67,6 +67,10 @@ def parse_args(argv: list[str]) -> ServeArgs:
     e.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
     e.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
     e.add_argument("--num-kv-blocks", type=int, default=d.num_kv_blocks)
+    e.add_argument("--kv-cache-gb", type=float, default=d.kv_cache_gb, help="KV cache size on CPU")
+    e.add_argument("--prefault-kv-cache", action=argparse.BooleanOptionalAction, default=d.prefault_kv_cache,
+                   help="CPU: make the KV cache's pages resident at startup (slower start, no page faults "
+                        "while serving)")
     e.add_argument("--max-model-len", type=int, default=d.max_model_len)
     e.add_argument("--seed", type=int, default=d.seed)
     ns = ap.parse_args(argv)

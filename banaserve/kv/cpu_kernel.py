@@ -82,6 +82,15 @@ def _build_with(compiler: str, threading_flags: list[str]) -> Path:
     return target
 
 
+def open_kernel(path: Path) -> ctypes.CDLL:
+    """Load a built kernel library and declare its entry point's C signature."""
+    lib = ctypes.CDLL(str(path))
+    fn = lib.paged_decode_attention_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int64]
+    return lib
+
+
 def load_kernel() -> ctypes.CDLL | None:
     """The loaded kernel library, or None where it cannot be built (the caller falls back)."""
     global _lib, _tried
@@ -96,14 +105,11 @@ def load_kernel() -> ctypes.CDLL | None:
             log.info("no C compiler: CPU decode attention uses the plain PyTorch path")
             return None
         try:
-            lib = ctypes.CDLL(str(_build(compiler)))
+            lib = open_kernel(_build(compiler))
         except (OSError, subprocess.CalledProcessError) as e:
             detail = e.stderr.decode(errors="replace")[-500:] if isinstance(e, subprocess.CalledProcessError) else e
             log.warning("CPU decode kernel unavailable, using the PyTorch path: %s", detail)
             return None
-        fn = lib.paged_decode_attention_f32
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int64]
         _lib = lib
         return _lib
 

@@ -2,7 +2,7 @@
  *
  * One query token per sequence. Each sequence's K and V rows are read once, in place in the
  * cache blocks: no gathered copy, no padding. All query heads are scored against a token's row
- * while it is in cache, so GQA needs no repeated K/V.
+ * while it is in cache, so GQA needs no repeated K/V. Sequences are spread over OpenMP threads.
  * Softmax is exact (scores kept, max subtracted) like scaled_dot_product_attention.
  */
 #include <math.h>
@@ -59,11 +59,12 @@ static void softmax_rows(float *scores, int64_t G, int64_t ctx, int64_t ld) {
 }
 
 /* One sequence, D a multiple of 8 (inlined per head size, so D/8 is a constant). rows[t] points at
- * token t's K row (all KV heads, contiguous) in the cache; its V row is the same offset from the V
- * cache. Tokens go in the outer loop so that each row is read whole, once, in order: scattered
- * blocks break the hardware prefetcher's streams, so rows AHEAD tokens on are prefetched by hand.
- * Each KV head scores 8 tokens at a time against each of its G query heads, with 8 independent
- * accumulators, and the V pass walks TILE tokens per head group while they sit in L1. */
+ * token t's K row (all KV heads, contiguous) in the cache; its V row is the same offset on in the V
+ * half of the same cache tensor. Tokens go in the outer loop so that each row is read whole, once,
+ * in order: scattered blocks break the hardware prefetcher's streams, so the rows AHEAD tokens on
+ * are prefetched by hand. Each query head scores 8 tokens at a time with 8 independent
+ * accumulators; the V pass takes TILE tokens at a time, each query head in turn, while their V
+ * rows sit in L1. */
 static inline __attribute__((always_inline)) void attend_vec(const Job *j, int64_t seq, float *scores,
                                                              const float **rows, const int64_t D) {
     const int64_t H = j->num_heads, KVH = j->num_kv_heads, G = H / KVH, row = KVH * D;

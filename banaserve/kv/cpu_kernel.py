@@ -58,13 +58,12 @@ def _cpu_signature() -> str:
 
 def _build(compiler: str) -> Path:
     """The cached library, built with the first THREADING choice the compiler accepts."""
-    for i, threading_flags in enumerate(THREADING):
+    for threading_flags in THREADING[:-1]:
         try:
             return _build_with(compiler, threading_flags)
         except subprocess.CalledProcessError:
-            if i == len(THREADING) - 1:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    return _build_with(compiler, THREADING[-1])
 
 
 def _build_with(compiler: str, threading_flags: list[str]) -> Path:

@@ -58,25 +58,23 @@ static void softmax_rows(float *scores, int64_t G, int64_t ctx, int64_t ld) {
     }
 }
 
-/* One sequence, D a multiple of 8 (inlined per head size, so D/8 is a constant). rows[t] points at
- * token t's K row (all KV heads, contiguous) in the cache; its V row is the same offset on in the V
- * half of the same cache tensor. Tokens go in the outer loop so that each row is read whole, once,
+/* One sequence, D a multiple of 8 (inlined per head size, so D/8 is a constant). rows[t] is the
+ * offset of token t's row (all KV heads, contiguous) in both the K and the V cache. Tokens go in the outer loop so that each row is read whole, once,
  * in order: scattered blocks break the hardware prefetcher's streams, so the rows AHEAD tokens on
  * are prefetched by hand. Each query head scores 8 tokens at a time with 8 independent
  * accumulators; the V pass takes TILE tokens at a time, each query head in turn, while their V
  * rows sit in L1. */
 static inline __attribute__((always_inline)) void attend_vec(const Job *j, int64_t seq, float *scores,
-                                                             const float **rows, const int64_t D) {
+                                                             const int64_t *rows, const int64_t D) {
     const int64_t H = j->num_heads, KVH = j->num_kv_heads, G = H / KVH, row = KVH * D;
     const int64_t ctx = j->ctx_lens[seq], ld = ctx + 8; /* score row stride: 8 floats of slack */
-    const int64_t v_off = j->v - j->k;
     const float *q = j->q + seq * H * D;
     float *out = j->out + seq * H * D;
     for (int64_t t0 = 0; t0 < ctx; t0 += 8) {
         for (int64_t i = t0 + AHEAD; i < t0 + AHEAD + 8 && i < ctx; i++)
-            for (int64_t d = 0; d < row; d += 16) __builtin_prefetch(rows[i] + d);
+            for (int64_t d = 0; d < row; d += 16) __builtin_prefetch(j->k + rows[i] + d);
         const float *k[8];
-        for (int64_t i = 0; i < 8; i++) k[i] = rows[t0 + i < ctx ? t0 + i : ctx - 1];
+        for (int64_t i = 0; i < 8; i++) k[i] = j->k + rows[t0 + i < ctx ? t0 + i : ctx - 1];
         for (int64_t h = 0; h < H; h++) {
             const float *qh = q + h * D;
             const int64_t kd = (h / G) * D;
@@ -94,7 +92,7 @@ static inline __attribute__((always_inline)) void attend_vec(const Job *j, int64
     for (int64_t t0 = 0; t0 < ctx; t0 += TILE) {
         const int64_t t1 = ctx - t0 < TILE ? ctx : t0 + TILE;
         for (int64_t t = t0 + AHEAD; t < t1 + AHEAD && t < ctx; t++)
-            for (int64_t d = 0; d < row; d += 16) __builtin_prefetch(rows[t] + v_off + d);
+            for (int64_t d = 0; d < row; d += 16) __builtin_prefetch(j->v + rows[t] + d);
         for (int64_t h = 0; h < H; h++) {
             const float *p = scores + h * ld;
             const int64_t vd = (h / G) * D;
@@ -103,7 +101,7 @@ static inline __attribute__((always_inline)) void attend_vec(const Job *j, int64
                 vf8 o[8];
                 for (int64_t c = 0; c < w / 8; c++) o[c] = LOAD8(out + h * D + d0 + 8 * c);
                 for (int64_t t = t0; t < t1; t++) {
-                    const float *v = rows[t] + v_off + vd + d0;
+                    const float *v = j->v + rows[t] + vd + d0;
                     for (int64_t c = 0; c < w / 8; c++) o[c] += p[t] * LOAD8(v + 8 * c);
                 }
                 for (int64_t c = 0; c < w / 8; c++) *(vf8u *)(out + h * D + d0 + 8 * c) = o[c];
@@ -113,15 +111,14 @@ static inline __attribute__((always_inline)) void attend_vec(const Job *j, int64
 }
 
 /* Any head size: plain loops, per KV head so no head -> KV-head division sits in a hot loop. */
-static void attend_any(const Job *j, int64_t seq, float *scores, const float **rows) {
+static void attend_any(const Job *j, int64_t seq, float *scores, const int64_t *rows) {
     const int64_t H = j->num_heads, KVH = j->num_kv_heads, G = H / KVH, D = j->head_dim;
     const int64_t ctx = j->ctx_lens[seq], ld = ctx + 8; /* score row stride: 8 floats of slack */
-    const int64_t v_off = j->v - j->k;
     for (int64_t kvh = 0; kvh < KVH; kvh++) {
         const float *q = j->q + (seq * H + kvh * G) * D;
         float *out = j->out + (seq * H + kvh * G) * D;
         for (int64_t t = 0; t < ctx; t++) {
-            const float *k = rows[t] + kvh * D;
+            const float *k = j->k + rows[t] + kvh * D;
             for (int64_t g = 0; g < G; g++) {
                 float s = 0.f;
                 for (int64_t d = 0; d < D; d++) s += q[g * D + d] * k[d];
@@ -131,18 +128,18 @@ static void attend_any(const Job *j, int64_t seq, float *scores, const float **r
         softmax_rows(scores, G, ctx, ld);
         memset(out, 0, (size_t)(G * D) * sizeof(float));
         for (int64_t t = 0; t < ctx; t++) {
-            const float *v = rows[t] + v_off + kvh * D;
+            const float *v = j->v + rows[t] + kvh * D;
             for (int64_t g = 0; g < G; g++)
                 for (int64_t d = 0; d < D; d++) out[g * D + d] += scores[g * ld + t] * v[d];
         }
     }
 }
 
-static void attend_one(const Job *j, int64_t seq, float *scores, const float **rows) {
+static void attend_one(const Job *j, int64_t seq, float *scores, int64_t *rows) {
     const int64_t bs = j->block_size, row = j->num_kv_heads * j->head_dim, ctx = j->ctx_lens[seq];
     const int64_t *table = j->tables + seq * j->max_blocks;
     for (int64_t t0 = 0, b = 0; t0 < ctx; t0 += bs, b++) /* blocks in order: no division per token */
-        for (int64_t i = 0; i < bs && t0 + i < ctx; i++) rows[t0 + i] = j->k + (table[b] * bs + i) * row;
+        for (int64_t i = 0; i < bs && t0 + i < ctx; i++) rows[t0 + i] = (table[b] * bs + i) * row;
     switch (j->head_dim) {
     case 64: attend_vec(j, seq, scores, rows, 64); break;
     case 128: attend_vec(j, seq, scores, rows, 128); break;
@@ -171,7 +168,7 @@ int paged_decode_attention_f32(const float *q, const float *k_cache, const float
 #pragma omp parallel num_threads(num_threads) reduction(| : status)
     {
         float *scores = malloc((size_t)(num_heads * (max_ctx + 8)) * sizeof(float));
-        const float **rows = malloc((size_t)max_ctx * sizeof(*rows));
+        int64_t *rows = malloc((size_t)max_ctx * sizeof(*rows));
         status = !scores || !rows;
         /* sequences arrive sorted by context length: hand them out one at a time */
 #pragma omp for schedule(dynamic, 1)

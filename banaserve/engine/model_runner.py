@@ -12,8 +12,8 @@ import torch
 from banaserve.engine.request import Request
 from banaserve.engine.sampler import sample
 from banaserve.engine.scheduler import ScheduledBatch
-from banaserve.kv.cpu_kernel import kernel_supports
-from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, PrefillChunk
+from banaserve.kv.cpu_kernel import kernel_supports, prefill_kernel_supports
+from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, NativePrefill, PrefillChunk
 from banaserve.models.decoder import DecoderModel
 
 
@@ -28,6 +28,7 @@ class ModelRunner:
         self.device = device
         self._workspace: torch.Tensor | None = None  # decode gather scratch, grown on demand
         self.native_decode = kernel_supports(kv_caches[0]) if kv_caches else False
+        self.native_prefill = prefill_kernel_supports(kv_caches[0]) if kv_caches else False
 
     def _decode_workspace(self, groups: list[DecodeGroup]) -> torch.Tensor | None:
         """Scratch big enough for the largest decode group's K and V blocks, kept across steps."""
@@ -74,6 +75,8 @@ class ModelRunner:
             decode_slots.append(block_tables[req.request_id][start // bs] * bs + start % bs)
             if start + 1 == req.num_tokens:
                 to_sample.append((len(ids) - 1, req))
+        if meta.prefills and self.native_prefill:
+            meta.native_prefill = NativePrefill.of(meta.prefills)
         if decodes:
             slots.append(torch.tensor(decode_slots, dtype=torch.int64))
             meta.decodes = self._decode_groups(decode_start, decodes, block_tables)
@@ -129,6 +132,8 @@ class ModelRunner:
         p = torch.arange(n)
         meta = AttentionMetadata(slot_mapping=(bt[p // bs] * bs + p % bs).to(dev),
                                  prefills=[PrefillChunk(0, n, n, bt.to(dev))])
+        if self.native_prefill:
+            meta.native_prefill = NativePrefill.of(meta.prefills)
         hidden = self.model.embed(torch.tensor(token_ids, device=dev))
         hidden = self.model.forward_layers(hidden, p.to(dev), meta, self.kv_caches)
         return self.model.logits(hidden).float()

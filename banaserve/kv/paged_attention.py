@@ -2,9 +2,11 @@
 
 A layer's cache is one tensor [2, num_blocks, block_size, num_kv_heads, head_dim]. A step's
 tokens are laid out prefill sequences first (each a contiguous chunk), then decode tokens
-(one per sequence, sorted by context length). Prefill chunks run one SDPA call each. Decodes run
-in one call of the native CPU kernel (kv/cpu_kernel.py) where it applies, else in groups of
-similar context length, each one padded batch gathered from the pages, so padding stays small.
+(one per sequence, sorted by context length). Where the native CPU kernels (kv/cpu_kernel.py)
+apply, all prefill chunks run in one kernel call over the pages and all decodes in another.
+Otherwise each prefill chunk runs one SDPA call (a chunk after earlier context gathers it and
+masks), and decodes run in groups of similar context length, each one padded batch gathered
+from the pages, so padding stays small.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from banaserve.kv.cpu_kernel import paged_decode_attention
+from banaserve.kv.cpu_kernel import paged_decode_attention, paged_prefill_attention
 
 
 @dataclass(slots=True)
@@ -49,9 +51,27 @@ class DecodeGroup:
 
 
 @dataclass(slots=True)
+class NativePrefill:
+    """All of a step's prefill chunks as the native CPU kernel takes them."""
+
+    spans: torch.Tensor  # [C, 3] int64: q_start, q_len, ctx_len of each chunk
+    block_tables: torch.Tensor  # [C, max_blocks] int64, padded with block 0
+    checked: bool = False  # bounds-checked by the kernel's wrapper (every layer's cache is alike)
+
+    @classmethod
+    def of(cls, chunks: list[PrefillChunk]) -> NativePrefill:
+        width = max(len(c.block_table) for c in chunks)
+        tables = torch.zeros((len(chunks), width), dtype=torch.int64)
+        for i, c in enumerate(chunks):
+            tables[i, :len(c.block_table)] = c.block_table
+        return cls(torch.tensor([(c.q_start, c.q_len, c.ctx_len) for c in chunks], dtype=torch.int64), tables)
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: cache slot (block * block_size + offset) of every new token
     prefills: list[PrefillChunk] = field(default_factory=list)
+    native_prefill: NativePrefill | None = None  # set where the native CPU prefill kernel applies
     decodes: list[DecodeGroup] = field(default_factory=list)
     # [>= 2 * B * max_blocks, block_size, Hkv, D] scratch that every layer gathers decode KV into.
     # A fresh tensor per layer would cost a page fault per 4 KiB on CPU (large allocations are
@@ -78,8 +98,13 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
                     meta: AttentionMetadata) -> torch.Tensor:
     """Write the step's k/v into the cache and return attention outputs [T, Hq, D]."""
     write_kv(kv_cache, meta.slot_mapping, k, v)
+    native = meta.native_prefill
+    q = q if native is None else q.contiguous()
     out = torch.empty_like(q)
-    for p in meta.prefills:
+    if native is not None:  # the chunks' own k/v are in the pages now: the kernel reads only pages
+        paged_prefill_attention(q, kv_cache, native.block_tables, native.spans, out, not native.checked)
+        native.checked = True
+    for p in meta.prefills if native is None else ():
         qs = q[p.q_start:p.q_start + p.q_len].transpose(0, 1).unsqueeze(0)  # [1, Hq, q, D]
         if p.ctx_len == p.q_len:  # no earlier context: the fresh k/v are the whole context
             ks, vs = k[p.q_start:p.q_start + p.q_len], v[p.q_start:p.q_start + p.q_len]

@@ -106,13 +106,13 @@ def load_kernel() -> ctypes.CDLL | None:
             return None
         compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
         if compiler is None:
-            log.info("no C compiler: CPU decode attention uses the plain PyTorch path")
+            log.info("no C compiler: CPU attention uses the plain PyTorch path")
             return None
         try:
             lib = open_kernel(_build(compiler))
         except (OSError, subprocess.CalledProcessError) as e:
             detail = e.stderr.decode(errors="replace")[-500:] if isinstance(e, subprocess.CalledProcessError) else e
-            log.warning("CPU decode kernel unavailable, using the PyTorch path: %s", detail)
+            log.warning("CPU attention kernels unavailable, using the PyTorch path: %s", detail)
             return None
         _lib = lib
         return _lib

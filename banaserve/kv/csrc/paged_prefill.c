@@ -21,6 +21,7 @@
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf8u __attribute__((vector_size(32), aligned(4)));
+typedef int vi8 __attribute__((vector_size(32)));
 #define LOAD8(p) (*(const vf8u *)(p))
 #define STORE8(p, x) (*(vf8u *)(p) = (x))
 #define QT 32 /* query tokens per work item */
@@ -47,6 +48,29 @@ typedef struct {    /* one thread's scratch, sized for the largest item */
     float *m, *l;   /* [rows] running max and sum of each row */
     const float **vrow; /* [KT] the V tile's rows */
 } Scratch;
+
+/* dst[e * KT + i] = rows[i][d + e] for i, e < 8: an 8 x 8 block of K, transposed in registers */
+static inline void transpose8(const float *const *rows, int64_t d, float *dst) {
+    const vi8 lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+    const vi8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const vi8 lo3 = {0, 1, 2, 3, 8, 9, 10, 11}, hi3 = {4, 5, 6, 7, 12, 13, 14, 15};
+    vf8 a[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) a[i] = LOAD8(rows[i] + d);
+    for (int i = 0; i < 8; i += 2) { /* pairs of rows interleaved */
+        t[i] = __builtin_shuffle(a[i], a[i + 1], lo1);
+        t[i + 1] = __builtin_shuffle(a[i], a[i + 1], hi1);
+    }
+    for (int i = 0; i < 8; i += 4) { /* then quads: each 128-bit half holds one column of 4 rows */
+        u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+        u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+        u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+        u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+    }
+    for (int c = 0; c < 4; c++) { /* rows 0-3 and 4-7 of columns c and c + 4 */
+        STORE8(dst + c * KT, __builtin_shuffle(u[c], u[c + 4], lo3));
+        STORE8(dst + (c + 4) * KT, __builtin_shuffle(u[c], u[c + 4], hi3));
+    }
+}
 
 /* S[r0:r0+RB, c0:c0+16] = Qp[r0:r0+RB] . Kt[:, c0:c0+16] */
 static inline __attribute__((always_inline)) void score_tile(const float *qp, const float *kt, float *s,
@@ -88,22 +112,47 @@ static inline __attribute__((always_inline)) void value_tile(const float *p, flo
     }
 }
 
-/* Online softmax step for row r over its first n (> 0) scores of this tile; zeroes the rest. */
-static void softmax_step(Scratch *w, int64_t r, int64_t n, float scale, const int64_t D) {
-    float *s = w->s + r * KT, mx = s[0];
-    for (int64_t j = 1; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-    const float m_new = fmaxf(w->m[r], mx * scale), alpha = expf(w->m[r] - m_new);
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] * scale - m_new);
-        sum += s[j];
+/* e^x for x <= 0, 8 lanes, inline: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 Taylor
+ * polynomial (relative error under 2e-7), 2^n put straight into the exponent bits. libm's vector
+ * expf is a call per 8 lanes that takes a slow scalar path whenever one lane underflows, which
+ * masked-out and far-below-max scores do all the time. */
+static inline vf8 exp_nonpositive(vf8 x) {
+    const vf8 lo = {-87.f, -87.f, -87.f, -87.f, -87.f, -87.f, -87.f, -87.f};
+    const vi8 below = x < lo; /* e^-87 is ~1.6e-38: still a normal float, and 0 to any softmax sum */
+    x = (vf8)(((vi8)x & ~below) | ((vi8)lo & below));
+    const vf8 n = __builtin_convertvector(__builtin_convertvector(x * 1.44269504f - 0.5f, vi8), vf8);
+    const vf8 r = x - n * 0.693145752f - n * 1.42860677e-6f; /* ln 2 in two parts: r stays exact */
+    vf8 p = (vf8){0} + 1.f / 720;
+    p = p * r + 1.f / 120;
+    p = p * r + 1.f / 24;
+    p = p * r + 1.f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const vi8 bits = (__builtin_convertvector(n, vi8) + 127) << 23;
+    return p * (vf8)bits;
+}
+
+/* Online softmax step for row r over its first n (> 0) scores of this tile (already scaled);
+ * zeroes the rest, so P . V may run over the whole tile. */
+static void softmax_step(Scratch *w, int64_t r, int64_t n, const int64_t D) {
+    float *s = w->s + r * KT, mx = w->m[r];
+    for (int64_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    for (int64_t j = n; j < KT; j++) s[j] = -1e30f; /* exp to 0 below */
+    vf8 sum = {0};
+    for (int64_t j = 0; j < KT; j += 8) {
+        const vf8 e = exp_nonpositive(LOAD8(s + j) - mx);
+        STORE8(s + j, e);
+        sum += e;
     }
-    for (int64_t j = n; j < KT; j++) s[j] = 0.f;
-    w->m[r] = m_new;
-    w->l[r] = w->l[r] * alpha + sum;
-    if (alpha != 1.f)
+    const float total = sum[0] + sum[1] + sum[2] + sum[3] + sum[4] + sum[5] + sum[6] + sum[7];
+    if (mx > w->m[r] && w->l[r] > 0.f) { /* the max rose: rescale what earlier tiles summed */
+        const float alpha = expf(w->m[r] - mx);
+        w->l[r] *= alpha;
         for (int64_t d = 0; d < D; d++) w->o[r * D + d] *= alpha;
+    }
+    w->m[r] = mx;
+    w->l[r] += total;
 }
 
 static inline __attribute__((always_inline)) void attend_item(const Job *j, const Item *it, Scratch *w,
@@ -114,28 +163,31 @@ static inline __attribute__((always_inline)) void attend_item(const Job *j, cons
     const int64_t nq = q_len - it->t0 < QT ? q_len - it->t0 : QT, rows = nq * G;
     const int64_t padded = (rows + RB - 1) / RB * RB, ctx = first_pos + it->t0 + nq; /* keys this item sees */
     /* row r is query token t0 + r / G, head kv_head * G + r % G: each token's G heads are adjacent in q */
-    for (int64_t t = 0; t < nq; t++)
-        memcpy(w->qp + t * G * D, j->q + ((q_start + it->t0 + t) * H + it->kv_head * G) * D,
-               (size_t)(G * D) * sizeof(float));
+    for (int64_t t = 0; t < nq; t++) { /* scaled here once, so scores come out scaled */
+        const float *src = j->q + ((q_start + it->t0 + t) * H + it->kv_head * G) * D;
+        for (int64_t i = 0; i < G * D; i++) w->qp[t * G * D + i] = src[i] * j->scale;
+    }
     memset(w->qp + rows * D, 0, (size_t)((padded - rows) * D) * sizeof(float));
     memset(w->o, 0, (size_t)(padded * D) * sizeof(float));
     for (int64_t r = 0; r < padded; r++) w->m[r] = -FLT_MAX, w->l[r] = 0.f;
     for (int64_t k0 = 0; k0 < ctx; k0 += KT) {
         const int64_t nk = ctx - k0 < KT ? ctx - k0 : KT;
-        for (int64_t i = 0; i < nk; i++) {
-            const int64_t t = k0 + i, off = (table[t / bs] * bs + t % bs) * row + it->kv_head * D;
-            const float *krow = j->k + off;
+        const float *krow[KT];
+        for (int64_t i = 0; i < KT; i++) { /* past the context: repeat the last row, its scores go unused */
+            const int64_t t = k0 + (i < nk ? i : nk - 1), off = (table[t / bs] * bs + t % bs) * row + it->kv_head * D;
+            krow[i] = j->k + off;
             w->vrow[i] = j->v + off;
-            for (int64_t d = 0; d < D; d++) w->kt[d * KT + i] = krow[d];
         }
         const int64_t cols = (nk + 15) / 16 * 16;
+        for (int64_t i = 0; i < cols; i += 8)
+            for (int64_t d = 0; d < D; d += 8) transpose8(krow + i, d, w->kt + d * KT + i);
         for (int64_t r0 = 0; r0 < padded; r0 += RB)
             for (int64_t c0 = 0; c0 < cols; c0 += 16) score_tile(w->qp, w->kt, w->s, r0, c0, D);
         for (int64_t r = 0; r < padded; r++) {
             /* causal: the row's token sees keys up to its own position (padding rows copy the last) */
             const int64_t pos = first_pos + it->t0 + (r < rows ? r / G : nq - 1);
             const int64_t n = pos - k0 + 1 < nk ? pos - k0 + 1 : nk;
-            if (n > 0) softmax_step(w, r, n, j->scale, D);
+            if (n > 0) softmax_step(w, r, n, D);
             else memset(w->s + r * KT, 0, KT * sizeof(float));
         }
         for (int64_t r0 = 0; r0 < padded; r0 += RB)

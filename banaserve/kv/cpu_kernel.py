@@ -27,7 +27,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_decode.c", "paged_prefill.c")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_decode.c", "paged_prefill.c", "fused_ops.c")]
 # -ffast-math lets GCC vectorise expf and the dot-product reductions. It is given to the compile
 # step only: linking a shared object with it would set flush-to-zero for the whole process.
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
@@ -92,6 +92,12 @@ def open_kernel(path: Path) -> ctypes.CDLL:
     for fn in (lib.paged_decode_attention_f32, lib.paged_prefill_attention_f32):
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int64]
+    ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.rms_norm_f32.argtypes = [ptr] * 5 + [i64, i64, f32, i64]
+    lib.silu_mul_f32.argtypes = [ptr, ptr, i64, i64, i64]
+    lib.rope_f32.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    for fn in (lib.rms_norm_f32, lib.silu_mul_f32, lib.rope_f32):
+        fn.restype = None
     return lib
 
 

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from banaserve.models.fused_ops import rope_qk
+
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
     """Inverse frequencies [head_dim // 2] in fp32 on CPU, computed the way HF does (so logits match)."""
@@ -47,12 +49,26 @@ class RotaryEmbedding(torch.nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", emb.cos().to(device), persistent=False)
         self.register_buffer("sin", emb.sin().to(device), persistent=False)
+        # the two halves of HF's tables are equal: the native pass reads one [max_positions, D/2] copy
+        half = freqs.shape[-1]
+        self.register_buffer("cos_half", self.cos[:, :half].contiguous(), persistent=False)
+        self.register_buffer("sin_half", self.sin[:, :half].contiguous(), persistent=False)
         self._last = None
+        self._checked: torch.Tensor | None = None  # the last positions tensor found inside the tables
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # q: [T, Hq, D], k: [T, Hkv, D]; tables are fp32 and cast like HF does
         cos, sin = self._tables(positions, q.dtype)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def rotate_qkv(self, positions: torch.Tensor, qkv: torch.Tensor, num_heads: int, num_kv_heads: int
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotated q and k read straight from fused qkv rows in one native pass (None: not applicable)."""
+        if positions is not self._checked:  # every layer of a step passes the same tensor: check once
+            if positions.numel() and not 0 <= int(positions.min()) <= int(positions.max()) < self.max_positions:
+                raise ValueError("position outside the rotary tables")
+            self._checked = positions
+        return rope_qk(qkv, positions, self.cos_half, self.sin_half, num_heads, num_kv_heads, self.args[0])
 
     def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Half-width cos/sin [T, 1, D/2] at `positions`, reused while every layer of a step asks

@@ -1,132 +1,23 @@
-"""The native CPU attention kernels (csrc/paged_decode.c, csrc/paged_prefill.c): built once
-with the system C compiler into one cached library, loaded with ctypes.
+"""Attention over paged KV memory by the native CPU kernels (native/csrc/paged_decode.c and
+paged_prefill.c).
 
 Plain PyTorch cannot attend over pages without first gathering them into a padded copy, and on
 CPU that copy plus SDPA's single-query path cost several times the memory traffic of reading
 the KV once; for prefill, PyTorch's CPU flash attention reaches 30-70 GFLOP/s on prompt-sized
 inputs where a matmul reaches 130, and a chunk after earlier context needs a gather and a mask.
-The kernels read each sequence's pages in place. They have no Python or torch headers, so they
-build in about a second; with no compiler (or BANASERVE_CPU_KERNEL=0) the engine keeps the plain
-PyTorch path, which gives the same tokens.
+The kernels read each sequence's pages in place.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
-
 import torch
 
-log = logging.getLogger(__name__)
-
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_decode.c", "paged_prefill.c", "fused_ops.c")]
-# -ffast-math lets GCC vectorise expf and the dot-product reductions. It is given to the compile
-# step only: linking a shared object with it would set flush-to-zero for the whole process.
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
-LINK_FLAGS = ["-shared", "-lm"]
-# -fopenmp threads the kernel on torch's own OpenMP pool (see the source); a compiler without
-# OpenMP gets a single-threaded build that still vectorises (-fopenmp-simd needs no runtime).
-THREADING = (["-fopenmp"], ["-fopenmp-simd"])
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-
-
-def _cache_dir() -> Path:
-    home = os.environ.get("BANASERVE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "banaserve")
-    return Path(home) / "kernels"
-
-
-def _cpu_signature() -> str:
-    """-march=native code must not be reused on another CPU: key the cache on the CPU's flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _build(compiler: str) -> Path:
-    """The cached library, built with the first THREADING choice the compiler accepts."""
-    for threading_flags in THREADING[:-1]:
-        try:
-            return _build_with(compiler, threading_flags)
-        except subprocess.CalledProcessError:
-            pass
-    return _build_with(compiler, THREADING[-1])
-
-
-def _build_with(compiler: str, threading_flags: list[str]) -> Path:
-    flags = [*COMPILE_FLAGS, *threading_flags]
-    key = hashlib.sha256(b"".join(src.read_bytes() for src in SOURCES) + " ".join(flags).encode()
-                         + _cpu_signature().encode())
-    target = _cache_dir() / f"paged_attention-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        objs = [os.path.join(tmp, f"{src.stem}.o") for src in SOURCES]
-        for src, obj in zip(SOURCES, objs):
-            subprocess.run([compiler, *flags, "-c", str(src), "-o", obj], check=True, capture_output=True)
-        lib = os.path.join(tmp, "k.so")
-        subprocess.run([compiler, *objs, "-o", lib, *LINK_FLAGS, *threading_flags], check=True, capture_output=True)
-        os.replace(lib, target)  # atomic: instances starting together may all build; one wins
-    return target
-
-
-def open_kernel(path: Path) -> ctypes.CDLL:
-    """Load a built kernel library and declare its entry points' C signatures (the same for both)."""
-    lib = ctypes.CDLL(str(path))
-    for fn in (lib.paged_decode_attention_f32, lib.paged_prefill_attention_f32):
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int64]
-    ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    lib.rms_norm_f32.argtypes = [ptr] * 5 + [i64, i64, f32, i64]
-    lib.silu_mul_f32.argtypes = [ptr, ptr, i64, i64, i64]
-    lib.rope_f32.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
-    for fn in (lib.rms_norm_f32, lib.silu_mul_f32, lib.rope_f32):
-        fn.restype = None
-    return lib
-
-
-def load_kernel() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None where it cannot be built (the caller falls back)."""
-    global _lib, _tried
-    with _lock:
-        if _tried:
-            return _lib
-        _tried = True
-        if os.environ.get("BANASERVE_CPU_KERNEL", "1") == "0" or platform.system() != "Linux":
-            return None
-        compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-        if compiler is None:
-            log.info("no C compiler: CPU attention uses the plain PyTorch path")
-            return None
-        try:
-            lib = open_kernel(_build(compiler))
-        except (OSError, subprocess.CalledProcessError) as e:
-            detail = e.stderr.decode(errors="replace")[-500:] if isinstance(e, subprocess.CalledProcessError) else e
-            log.warning("CPU attention kernels unavailable, using the PyTorch path: %s", detail)
-            return None
-        _lib = lib
-        return _lib
+from banaserve.native.build import load_library
 
 
 def kernel_supports(kv_cache: torch.Tensor) -> bool:
     """Whether decode attention over this cache can use the native kernel."""
-    return kv_cache.device.type == "cpu" and kv_cache.dtype == torch.float32 and load_kernel() is not None
+    return kv_cache.device.type == "cpu" and kv_cache.dtype == torch.float32 and load_library() is not None
 
 
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -137,7 +28,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     Every index is bounds-checked here (the C code trusts them); `check=False` skips that for
     tables already checked against a cache of the same shape (the other layers of a step).
     """
-    lib = load_kernel()
+    lib = load_library()
     assert lib is not None, "call kernel_supports() first"
     _, nb, bs, hkv, d = kv_cache.shape
     b, hq, _ = q.shape
@@ -174,7 +65,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_table
     (the chunk's own included) are already in the pages of block_tables[c]. `check` as in
     paged_decode_attention.
     """
-    lib = load_kernel()
+    lib = load_library()
     assert lib is not None, "call prefill_kernel_supports() first"
     _, nb, bs, hkv, d = kv_cache.shape
     t, hq, _ = q.shape

@@ -1,4 +1,4 @@
-"""The decoder's elementwise work as single native passes on CPU fp32 (csrc/fused_ops.c).
+"""The decoder's elementwise work as single native passes on CPU fp32 (native/csrc/fused_ops.c).
 
 PyTorch runs RMSNorm as six ops, SiLU-and-multiply as two and rotary embedding as six, each a
 full read and write of the activation; on a 2-core CPU those passes cost about a tenth of a
@@ -11,19 +11,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from banaserve.kv.cpu_kernel import load_kernel
+from banaserve.native.build import load_library
 
 
 def _native(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) \
-        and load_kernel() is not None
+        and load_library() is not None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2) + eps) over the last dim, in fp32 like HF."""
     if _native(x, weight):
         out = torch.empty_like(x)
-        load_kernel().rms_norm_f32(x.data_ptr(), None, None, weight.data_ptr(), out.data_ptr(),
+        load_library().rms_norm_f32(x.data_ptr(), None, None, weight.data_ptr(), out.data_ptr(),
                                    x.numel() // x.shape[-1], x.shape[-1], eps, torch.get_num_threads())
         return out
     dtype = x.dtype
@@ -37,7 +37,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     """(rms_norm(residual + x), residual + x): a sublayer's residual add and the next norm in one pass."""
     if _native(x, residual, weight) and x.shape == residual.shape:
         total, out = torch.empty_like(x), torch.empty_like(x)
-        load_kernel().rms_norm_f32(x.data_ptr(), residual.data_ptr(), total.data_ptr(), weight.data_ptr(),
+        load_library().rms_norm_f32(x.data_ptr(), residual.data_ptr(), total.data_ptr(), weight.data_ptr(),
                                    out.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], eps,
                                    torch.get_num_threads())
         return out, total
@@ -50,7 +50,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     inter = gate_up.shape[-1] // 2
     if _native(gate_up) and inter % 8 == 0:
         out = gate_up.new_empty((*gate_up.shape[:-1], inter))
-        load_kernel().silu_mul_f32(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // gate_up.shape[-1],
+        load_library().silu_mul_f32(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // gate_up.shape[-1],
                                    inter, torch.get_num_threads())
         return out
     gate, up = gate_up.split(inter, dim=-1)
@@ -67,7 +67,7 @@ def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos_half: torch.Tensor, 
     t = qkv.shape[0]
     q = qkv.new_empty((t, num_heads, head_dim))
     k = qkv.new_empty((t, num_kv_heads, head_dim))
-    load_kernel().rope_f32(qkv.data_ptr(), qkv.stride(0), positions.data_ptr(), cos_half.data_ptr(),
+    load_library().rope_f32(qkv.data_ptr(), qkv.stride(0), positions.data_ptr(), cos_half.data_ptr(),
                            sin_half.data_ptr(), q.data_ptr(), k.data_ptr(), t, num_heads, num_kv_heads, head_dim,
                            torch.get_num_threads())
     return q, k

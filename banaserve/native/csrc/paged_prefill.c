@@ -19,11 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf8u __attribute__((vector_size(32), aligned(4)));
-typedef int vi8 __attribute__((vector_size(32)));
-#define LOAD8(p) (*(const vf8u *)(p))
-#define STORE8(p, x) (*(vf8u *)(p) = (x))
+#include "vec.h"
+
 #define QT 32 /* query tokens per work item */
 #define KT 64 /* context tokens per step of an item's walk */
 #define RB 6  /* rows per micro-tile: 6 x 2 accumulators + 2 loads + 1 broadcast fit 16 registers */
@@ -112,27 +109,6 @@ static inline __attribute__((always_inline)) void value_tile(const float *p, flo
     }
 }
 
-/* e^x for x <= 0, 8 lanes, inline: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 Taylor
- * polynomial (relative error under 2e-7), 2^n put straight into the exponent bits. libm's vector
- * expf is a call per 8 lanes that takes a slow scalar path whenever one lane underflows, which
- * masked-out and far-below-max scores do all the time. */
-static inline vf8 exp_nonpositive(vf8 x) {
-    const vf8 lo = {-87.f, -87.f, -87.f, -87.f, -87.f, -87.f, -87.f, -87.f};
-    const vi8 below = x < lo; /* e^-87 is ~1.6e-38: still a normal float, and 0 to any softmax sum */
-    x = (vf8)(((vi8)x & ~below) | ((vi8)lo & below));
-    const vf8 n = __builtin_convertvector(__builtin_convertvector(x * 1.44269504f - 0.5f, vi8), vf8);
-    const vf8 r = x - n * 0.693145752f - n * 1.42860677e-6f; /* ln 2 in two parts: r stays exact */
-    vf8 p = (vf8){0} + 1.f / 720;
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const vi8 bits = (__builtin_convertvector(n, vi8) + 127) << 23;
-    return p * (vf8)bits;
-}
-
 /* Online softmax step for row r over its first n (> 0) scores of this tile (already scaled);
  * zeroes the rest, so P . V may run over the whole tile. */
 static void softmax_step(Scratch *w, int64_t r, int64_t n, const int64_t D) {
@@ -141,7 +117,7 @@ static void softmax_step(Scratch *w, int64_t r, int64_t n, const int64_t D) {
     for (int64_t j = n; j < KT; j++) s[j] = -1e30f; /* exp to 0 below */
     vf8 sum = {0};
     for (int64_t j = 0; j < KT; j += 8) {
-        const vf8 e = exp_nonpositive(LOAD8(s + j) - mx);
+        const vf8 e = exp8(LOAD8(s + j) - mx);
         STORE8(s + j, e);
         sum += e;
     }

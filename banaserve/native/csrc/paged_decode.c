@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vec.h"
+
 typedef struct {
     const float *q, *k, *v;
     const int64_t *tables, *ctx_lens;
@@ -18,12 +20,6 @@ typedef struct {
     float scale;
 } Job;
 
-/* 8 floats; GCC lowers these to AVX (or pairs of SSE/NEON registers) without intrinsics headers.
- * The unaligned twin loads rows at any float offset. */
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf8u __attribute__((vector_size(32), aligned(4)));
-typedef int vi8 __attribute__((vector_size(32)));
-#define LOAD8(p) (*(const vf8u *)(p))
 #define AHEAD 8 /* tokens ahead to prefetch */
 #define TILE 32 /* tokens whose V rows stay in L1 while every query head uses them */
 
@@ -42,18 +38,20 @@ static inline vf8 sum_lanes8(const vf8 a[8]) {
     return __builtin_shuffle(d0, d1, lo3) + __builtin_shuffle(d0, d1, hi3);
 }
 
-/* Softmax of each of the G score rows (length ctx, `ld` apart), in place; scores arrive scaled. */
+/* Softmax of each of the G score rows (length ctx, `ld` >= ctx rounded up to 8 apart), in place;
+ * scores arrive scaled. */
 static void softmax_rows(float *scores, int64_t G, int64_t ctx, int64_t ld) {
+    const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
     for (int64_t g = 0; g < G; g++) {
-        float *sg = scores + g * ld, m = sg[0], sum = 0.f;
+        float *sg = scores + g * ld, m = sg[0];
         for (int64_t t = 1; t < ctx; t++) m = sg[t] > m ? sg[t] : m;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t t = 0; t < ctx; t++) {
-            sg[t] = expf(sg[t] - m);
-            sum += sg[t];
+        vf8 sum = {0};
+        for (int64_t t = 0; t < ctx; t += 8) { /* the last group's lanes past ctx count as 0 */
+            const vf8 e = select8(lane < (int)(ctx - t), exp8(LOAD8(sg + t) - m), (vf8){0});
+            STORE8(sg + t, e);
+            sum += e;
         }
-        const float inv = 1.f / sum;
-#pragma omp simd
+        const float inv = 1.f / (sum[0] + sum[1] + sum[2] + sum[3] + sum[4] + sum[5] + sum[6] + sum[7]);
         for (int64_t t = 0; t < ctx; t++) sg[t] *= inv;
     }
 }

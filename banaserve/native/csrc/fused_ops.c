@@ -6,36 +6,8 @@
 #include <math.h>
 #include <stdint.h>
 
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf8u __attribute__((vector_size(32), aligned(4)));
-typedef int vi8 __attribute__((vector_size(32)));
-#define LOAD8(p) (*(const vf8u *)(p))
-#define STORE8(p, x) (*(vf8u *)(p) = (x))
 
-/* e^x, 8 lanes, x clamped to [-87, 88] (e^-87 is still a normal float; e^88 is below FLT_MAX).
- * x = n ln2 + r with |r| <= ln2 / 2; e^r by a degree-6 Taylor polynomial (relative error under
- * 2e-7); 2^n goes straight into the exponent bits. */
-static inline vf8 exp8(vf8 x) {
-    const vf8 lo = (vf8){0} - 87.f, hi = (vf8){0} + 88.f;
-    vi8 out = x < lo;
-    x = (vf8)(((vi8)x & ~out) | ((vi8)lo & out));
-    out = x > hi;
-    x = (vf8)(((vi8)x & ~out) | ((vi8)hi & out));
-    const vf8 y = x * 1.44269504f;
-    const vi8 sign = (vi8)y & ((vi8){0} + INT32_MIN);
-    const vf8 half = (vf8)((vi8)((vf8){0} + 0.5f) | sign);  /* 0.5 with y's sign: */
-    const vi8 ni = __builtin_convertvector(y + half, vi8);   /* truncating then rounds to nearest */
-    const vf8 n = __builtin_convertvector(ni, vf8);
-    const vf8 r = x - n * 0.693145752f - n * 1.42860677e-6f;   /* ln 2 in two parts */
-    vf8 p = (vf8){0} + 1.f / 720;
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    return p * (vf8)((ni + 127) << 23);
-}
+#include "vec.h"
 
 /* out = weight * h * rsqrt(mean(h^2) + eps) per row of `dim`, where h = x + residual if `residual`
  * is given (h is then also stored to sum_out: the stream the next sublayer adds to), else h = x. */

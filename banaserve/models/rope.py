@@ -64,6 +64,8 @@ class RotaryEmbedding(torch.nn.Module):
     def rotate_qkv(self, positions: torch.Tensor, qkv: torch.Tensor, num_heads: int, num_kv_heads: int
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Rotated q and k read straight from fused qkv rows in one native pass (None: not applicable)."""
+        if qkv.device.type != "cpu":
+            return None
         if positions is not self._checked:  # every layer of a step passes the same tensor: check once
             if positions.numel() and not 0 <= int(positions.min()) <= int(positions.max()) < self.max_positions:
                 raise ValueError("position outside the rotary tables")

@@ -48,20 +48,20 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        rotated = None if self.q_norm is not None else self.rope.rotate_qkv(positions, qkv, self.num_heads,
-                                                                            self.num_kv_heads)
-        if rotated is not None:
-            q, k = rotated
-        else:
-            q = q.view(-1, self.num_heads, self.head_dim)
-            k = k.view(-1, self.num_kv_heads, self.head_dim)
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self.rope(positions, q, k)
+        v = qkv[:, self.q_size + self.kv_size:].view(-1, self.num_kv_heads, self.head_dim)
+        qk = None if self.q_norm is not None else self.rope.rotate_qkv(positions, qkv, self.num_heads,
+                                                                       self.num_kv_heads)
+        q, k = qk if qk is not None else self._rotated_qk(qkv, positions)
         out = paged_attention(q, k, v, kv_cache, meta)
         return self.o_proj(out.reshape(-1, self.q_size))
+
+    def _rotated_qk(self, qkv: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D] and k [T, Hkv, D] through q/k norm (Qwen3) and rotary embedding, in PyTorch."""
+        q = qkv[:, :self.q_size].view(-1, self.num_heads, self.head_dim)
+        k = qkv[:, self.q_size:self.q_size + self.kv_size].view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return self.rope(positions, q, k)
 
 
 class MLP(nn.Module):
@@ -84,8 +84,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, positions, meta, kv_cache):
-        h, x = self.post_attention_layernorm.add_forward(self.self_attn(self.input_layernorm(x), positions, meta,
-                                                                        kv_cache), x)
+        a = self.self_attn(self.input_layernorm(x), positions, meta, kv_cache)
+        h, x = self.post_attention_layernorm.add_forward(a, x)  # x + a and its norm, in one pass
         return x + self.mlp(h)
 
 

@@ -1,4 +1,5 @@
-"""The decoder's elementwise work as single native passes on CPU fp32 (native/csrc/fused_ops.c).
+"""The decoder's elementwise work as single native passes on CPU fp32 (native/csrc/fused_ops.c),
+and its linear layers at decode batch sizes (native/csrc/small_gemm.c).
 
 PyTorch runs RMSNorm as six ops, SiLU-and-multiply as two and rotary embedding as six, each a
 full read and write of the activation; on a 2-core CPU those passes cost about a tenth of a
@@ -17,6 +18,23 @@ from banaserve.native.build import load_library
 def _native(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) \
         and load_library() is not None
+
+
+SMALL_GEMM_ROWS = (2, 128)  # row counts where small_gemm beat MKL's sgemm on every decoder shape measured
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias, by the native small-M kernel for a few rows (decode), else F.linear."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if SMALL_GEMM_ROWS[0] <= rows <= SMALL_GEMM_ROWS[1] and _native(x, weight, *([] if bias is None else [bias])):
+        out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+        bias_ptr = None if bias is None else bias.data_ptr()
+        status = load_library().small_gemm_f32(x.data_ptr(), weight.data_ptr(), bias_ptr, out.data_ptr(), rows,
+                                               weight.shape[0], x.shape[-1], torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("small_gemm could not allocate its scratch")
+        return out
+    return F.linear(x, weight, bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -81,3 +81,23 @@ def test_rope_rejects_positions_outside_its_tables():
         rope.rotate_qkv(torch.tensor([0, 128]), qkv, 6, 2)
     with pytest.raises(ValueError, match="position"):
         rope.rotate_qkv(torch.tensor([-1, 3]), qkv, 6, 2)
+
+
+@pytest.mark.parametrize("rows", [2, 7, 16, 17, 48, 128])
+@pytest.mark.parametrize("in_features,out_features", [(384, 8192), (1024, 384), (64, 37)])
+def test_linear_at_decode_batch_sizes_matches_torch(rows, in_features, out_features):
+    g = torch.Generator().manual_seed(rows * out_features)
+    x = torch.randn(rows, in_features, generator=g)
+    w = torch.randn(out_features, in_features, generator=g) * in_features ** -0.5
+    b = torch.randn(out_features, generator=g)
+    assert torch.allclose(fused_ops.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(fused_ops.linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    x3 = x.view(1, rows, in_features)  # leading dims are flattened into rows
+    assert torch.allclose(fused_ops.linear(x3, w), F.linear(x3, w), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_outside_the_small_row_range_is_torch_exactly():
+    w = torch.randn(64, 32)
+    for rows in (0, 1, 129, 700):
+        x = torch.randn(rows, 32)
+        assert torch.equal(fused_ops.linear(x, w), F.linear(x, w))

@@ -26,7 +26,10 @@ SMALL_GEMM_ROWS = (2, 128)  # rows where small_gemm beats MKL on the decoder ove
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias, by the native small-M kernel for a few rows (decode), else F.linear."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if SMALL_GEMM_ROWS[0] <= rows <= SMALL_GEMM_ROWS[1] and _native(x, weight, *([] if bias is None else [bias])):
+    # a shape mismatch goes to F.linear, which raises: the C code trusts the shapes it is given
+    fits = weight.dim() == 2 and weight.shape[1] == x.shape[-1] and (bias is None or bias.shape == weight.shape[:1])
+    operands = (x, weight) if bias is None else (x, weight, bias)
+    if SMALL_GEMM_ROWS[0] <= rows <= SMALL_GEMM_ROWS[1] and fits and _native(*operands):
         out = x.new_empty((*x.shape[:-1], weight.shape[0]))
         bias_ptr = None if bias is None else bias.data_ptr()
         status = load_library().small_gemm_f32(x.data_ptr(), weight.data_ptr(), bias_ptr, out.data_ptr(), rows,
@@ -39,7 +42,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2) + eps) over the last dim, in fp32 like HF."""
-    if _native(x, weight):
+    if weight.shape == x.shape[-1:] and _native(x, weight):
         out = torch.empty_like(x)
         load_library().rms_norm_f32(x.data_ptr(), None, None, weight.data_ptr(), out.data_ptr(),
                                    x.numel() // x.shape[-1], x.shape[-1], eps, torch.get_num_threads())
@@ -53,7 +56,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(residual + x), residual + x): a sublayer's residual add and the next norm in one pass."""
-    if _native(x, residual, weight) and x.shape == residual.shape:
+    if weight.shape == x.shape[-1:] and x.shape == residual.shape and _native(x, residual, weight):
         total, out = torch.empty_like(x), torch.empty_like(x)
         load_library().rms_norm_f32(x.data_ptr(), residual.data_ptr(), total.data_ptr(), weight.data_ptr(),
                                    out.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], eps,
@@ -80,7 +83,9 @@ def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos_half: torch.Tensor, 
     """Rotated q [T, Hq, D] and k [T, Hkv, D], contiguous, straight from the fused qkv rows [T, *];
     None where the native pass does not apply (the caller rotates in PyTorch). cos/sin_half are
     [max_positions, D/2] fp32 tables; positions must be inside them (the caller checks)."""
-    if not (_native(qkv, cos_half, sin_half) and positions.dtype == torch.int64 and positions.is_contiguous()):
+    fits = (qkv.dim() == 2 and qkv.shape[1] >= (num_heads + num_kv_heads) * head_dim
+            and positions.shape == qkv.shape[:1] and cos_half.shape[-1] * 2 == head_dim)
+    if not (fits and _native(qkv, cos_half, sin_half) and positions.dtype == torch.int64 and positions.is_contiguous()):
         return None
     t = qkv.shape[0]
     q = qkv.new_empty((t, num_heads, head_dim))

@@ -31,9 +31,11 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     lib = load_library()
     assert lib is not None, "call kernel_supports() first"
     _, nb, bs, hkv, d = kv_cache.shape
-    b, hq, _ = q.shape
+    b, hq, qd = q.shape
     if not kv_cache.is_contiguous():
         raise ValueError("paged decode kernel needs a contiguous KV cache")
+    if qd != d or hq % hkv or block_tables.shape[0] != b or ctx_lens.shape != (b,):
+        raise ValueError("query heads, head size, block tables and context lengths must match the cache and batch")
     if check and b and (int(ctx_lens.max()) > block_tables.shape[1] * bs or int(ctx_lens.min()) < 1):
         raise ValueError("context length outside the block table")
     if check and block_tables.numel() and (int(block_tables.min()) < 0 or int(block_tables.max()) >= nb):
@@ -68,10 +70,10 @@ def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_table
     lib = load_library()
     assert lib is not None, "call prefill_kernel_supports() first"
     _, nb, bs, hkv, d = kv_cache.shape
-    t, hq, _ = q.shape
+    t, hq, qd = q.shape
     if not (kv_cache.is_contiguous() and q.is_contiguous() and out.is_contiguous() and out.shape == q.shape):
         raise ValueError("paged prefill kernel needs contiguous q, out and KV cache of matching shapes")
-    if spans.shape != (block_tables.shape[0], 3) or hq % hkv or d % 16:
+    if spans.shape != (block_tables.shape[0], 3) or hq % hkv or d % 16 or qd != d:
         raise ValueError("need one span per block table row, query heads a multiple of KV heads, head size in 16s")
     if check and spans.numel():
         start, length, ctx = spans.unbind(1)

@@ -151,3 +151,14 @@ def test_prefill_kernel_rejects_bad_input():
     with pytest.raises(ValueError, match="head size"):
         cpu_kernel.paged_prefill_attention(q[..., :40].contiguous(), cache[..., :40].contiguous(),
                                            native.block_tables, native.spans, out[..., :40].contiguous())
+
+
+def test_kernels_reject_a_query_head_size_unlike_the_cache():
+    q, cache, tables, lens = random_case(0, 3, 6, 2, 64, 16, max_ctx=40)
+    with pytest.raises(ValueError, match="head size"):
+        cpu_kernel.paged_decode_attention(q[..., :32].contiguous(), cache, tables, lens)
+    qp, cache, chunks = prefill_case(0, 2, 6, 2, 64, 16, max_ctx=40)
+    native = NativePrefill.of(chunks)
+    small = qp[..., :32].contiguous()
+    with pytest.raises(ValueError, match="head size"):
+        cpu_kernel.paged_prefill_attention(small, cache, native.block_tables, native.spans, torch.empty_like(small))

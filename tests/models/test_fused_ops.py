@@ -101,3 +101,13 @@ def test_linear_outside_the_small_row_range_is_torch_exactly():
     for rows in (0, 1, 129, 700):
         x = torch.randn(rows, 32)
         assert torch.equal(fused_ops.linear(x, w), F.linear(x, w))
+
+
+def test_mismatched_shapes_raise_from_torch_not_read_out_of_bounds():
+    """The C code trusts its shapes; a mismatch must take the PyTorch path, which raises."""
+    with pytest.raises(RuntimeError):
+        fused_ops.linear(torch.randn(4, 32), torch.randn(64, 48))
+    with pytest.raises(RuntimeError):
+        fused_ops.rms_norm(torch.randn(4, 32), torch.ones(48), 1e-5)
+    with pytest.raises(RuntimeError):
+        fused_ops.add_rms_norm(torch.randn(4, 32), torch.randn(5, 32), torch.ones(32), 1e-5)

@@ -94,17 +94,10 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -
     return k, v
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                    meta: AttentionMetadata) -> torch.Tensor:
-    """Write the step's k/v into the cache and return attention outputs [T, Hq, D]."""
-    write_kv(kv_cache, meta.slot_mapping, k, v)
-    native = meta.native_prefill
-    q = q if native is None else q.contiguous()
-    out = torch.empty_like(q)
-    if native is not None:  # the chunks' own k/v are in the pages now: the kernel reads only pages
-        paged_prefill_attention(q, kv_cache, native.block_tables, native.spans, out, not native.checked)
-        native.checked = True
-    for p in meta.prefills if native is None else ():
+def _prefill_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                  prefills: list[PrefillChunk], out: torch.Tensor) -> None:
+    """The PyTorch path for prefill chunks: one SDPA call each, into `out`."""
+    for p in prefills:
         qs = q[p.q_start:p.q_start + p.q_len].transpose(0, 1).unsqueeze(0)  # [1, Hq, q, D]
         if p.ctx_len == p.q_len:  # no earlier context: the fresh k/v are the whole context
             ks, vs = k[p.q_start:p.q_start + p.q_len], v[p.q_start:p.q_start + p.q_len]
@@ -119,6 +112,20 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
             attn_mask=mask, is_causal=causal, enable_gqa=True,
         )
         out[p.q_start:p.q_start + p.q_len] = o[0].transpose(0, 1)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                    meta: AttentionMetadata) -> torch.Tensor:
+    """Write the step's k/v into the cache and return attention outputs [T, Hq, D]."""
+    write_kv(kv_cache, meta.slot_mapping, k, v)
+    native = meta.native_prefill
+    q = q if native is None else q.contiguous()
+    out = torch.empty_like(q)
+    if native is not None:  # the chunks' own k/v are in the pages now: the kernel reads only pages
+        paged_prefill_attention(q, kv_cache, native.block_tables, native.spans, out, not native.checked)
+        native.checked = True
+    else:
+        _prefill_sdpa(q, k, v, kv_cache, meta.prefills, out)
     _, nb, bs, h, d = kv_cache.shape
     flat_cache = kv_cache.view(2 * nb, bs, h, d)
     for g in meta.decodes:

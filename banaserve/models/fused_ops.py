@@ -78,19 +78,19 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate).mul_(up)
 
 
-def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor,
+def rope_qk(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             num_heads: int, num_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Rotated q [T, Hq, D] and k [T, Hkv, D], contiguous, straight from the fused qkv rows [T, *];
-    None where the native pass does not apply (the caller rotates in PyTorch). cos/sin_half are
+    None where the native pass does not apply (the caller rotates in PyTorch). cos/sin are
     [max_positions, D/2] fp32 tables; positions must be inside them (the caller checks)."""
     fits = (qkv.dim() == 2 and qkv.shape[1] >= (num_heads + num_kv_heads) * head_dim
-            and positions.shape == qkv.shape[:1] and cos_half.shape[-1] * 2 == head_dim)
-    if not (fits and _native(qkv, cos_half, sin_half) and positions.dtype == torch.int64 and positions.is_contiguous()):
+            and positions.shape == qkv.shape[:1] and cos.shape[-1] * 2 == head_dim)
+    if not (fits and _native(qkv, cos, sin) and positions.dtype == torch.int64 and positions.is_contiguous()):
         return None
     t = qkv.shape[0]
     q = qkv.new_empty((t, num_heads, head_dim))
     k = qkv.new_empty((t, num_kv_heads, head_dim))
-    load_library().rope_f32(qkv.data_ptr(), qkv.stride(0), positions.data_ptr(), cos_half.data_ptr(),
-                           sin_half.data_ptr(), q.data_ptr(), k.data_ptr(), t, num_heads, num_kv_heads, head_dim,
+    load_library().rope_f32(qkv.data_ptr(), qkv.stride(0), positions.data_ptr(), cos.data_ptr(),
+                           sin.data_ptr(), q.data_ptr(), k.data_ptr(), t, num_heads, num_kv_heads, head_dim,
                            torch.get_num_threads())
     return q, k

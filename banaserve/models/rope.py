@@ -46,13 +46,9 @@ class RotaryEmbedding(torch.nn.Module):
         """(Re)compute the fp32 tables on `device` (models are built on the meta device first)."""
         inv_freq = rope_inv_freq(*self.args)
         freqs = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")[:, None] * inv_freq
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", emb.cos().to(device), persistent=False)
-        self.register_buffer("sin", emb.sin().to(device), persistent=False)
-        # the two halves of HF's tables are equal: the native pass reads one [max_positions, D/2] copy
-        half = freqs.shape[-1]
-        self.register_buffer("cos_half", self.cos[:, :half].contiguous(), persistent=False)
-        self.register_buffer("sin_half", self.sin[:, :half].contiguous(), persistent=False)
+        # [max_positions, D/2]: HF's tables are these twice over (cat(freqs, freqs)), so one half serves
+        self.register_buffer("cos", freqs.cos().to(device), persistent=False)
+        self.register_buffer("sin", freqs.sin().to(device), persistent=False)
         self._last = None
         self._checked: torch.Tensor | None = None  # the last positions tensor found inside the tables
 
@@ -70,17 +66,16 @@ class RotaryEmbedding(torch.nn.Module):
             if positions.numel() and not 0 <= int(positions.min()) <= int(positions.max()) < self.max_positions:
                 raise ValueError("position outside the rotary tables")
             self._checked = positions
-        return rope_qk(qkv, positions, self.cos_half, self.sin_half, num_heads, num_kv_heads, self.args[0])
+        return rope_qk(qkv, positions, self.cos, self.sin, num_heads, num_kv_heads, self.args[0])
 
     def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Half-width cos/sin [T, 1, D/2] at `positions`, reused while every layer of a step asks
-        with the same positions tensor (the two halves of HF's tables are equal)."""
+        with the same positions tensor."""
         cached = self._last
         if cached is not None and cached[0] is positions and cached[1] == dtype:
             return cached[2], cached[3]
-        half = self.cos.shape[-1] // 2
-        cos = self.cos[positions, :half].to(dtype).unsqueeze(1)
-        sin = self.sin[positions, :half].to(dtype).unsqueeze(1)
+        cos = self.cos[positions].to(dtype).unsqueeze(1)
+        sin = self.sin[positions].to(dtype).unsqueeze(1)
         self._last = (positions, dtype, cos, sin)
         return cos, sin
 

@@ -69,7 +69,8 @@ def test_rope_from_qkv_rows_matches_hf(heads, kv_heads, head_dim, scaling):
     assert q.is_contiguous() and k.is_contiguous()
     hq = qkv[:, :heads * head_dim].view(t, heads, head_dim).transpose(0, 1)[None]  # HF's [B, H, T, D]
     hk = qkv[:, heads * head_dim:(heads + kv_heads) * head_dim].view(t, kv_heads, head_dim).transpose(0, 1)[None]
-    ref_q, ref_k = apply_rotary_pos_emb(hq, hk, rope.cos[positions][None], rope.sin[positions][None])
+    cos, sin = (torch.cat([t[positions], t[positions]], -1)[None] for t in (rope.cos, rope.sin))  # HF's tables
+    ref_q, ref_k = apply_rotary_pos_emb(hq, hk, cos, sin)
     assert torch.allclose(q, ref_q[0].transpose(0, 1), rtol=1e-5, atol=1e-6)
     assert torch.allclose(k, ref_k[0].transpose(0, 1), rtol=1e-5, atol=1e-6)
 

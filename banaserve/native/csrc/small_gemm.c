@@ -42,18 +42,25 @@ int small_gemm_f32(const float *x, const float *w, const float *bias, float *out
     const int64_t groups = (M + CB - 1) / CB;
     float *xt = malloc((size_t)(groups * K * CB) * sizeof(float)); /* x^T, CB rows per group, zero padded */
     if (!xt) return 1;
-    for (int64_t g = 0; g < groups; g++)
-        for (int64_t k = 0; k < K; k++)
+#pragma omp parallel num_threads(num_threads)
+    {
+        /* the packing is split too: done by one thread it left the others waiting a tenth of a call */
+#pragma omp for schedule(static)
+        for (int64_t gk = 0; gk < groups * K; gk++) {
+            const int64_t g = gk / K, k = gk % K;
             for (int64_t i = 0; i < CB; i++) {
                 const int64_t m = g * CB + i;
-                xt[(g * K + k) * CB + i] = m < M ? x[m * K + k] : 0.f;
+                xt[gk * CB + i] = m < M ? x[m * K + k] : 0.f;
             }
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t n0 = 0; n0 < N; n0 += RB) { /* the weight rows stay in L1 across the x groups */
-        const int64_t nr = N - n0 < RB ? N - n0 : RB;
-        for (int64_t g = 0; g < groups; g++) {
-            const int64_t mr = M - g * CB < CB ? M - g * CB : CB;
-            tile(w, xt + g * K * CB, bias, out, n0, nr, g * CB, mr, N, K);
+        }
+        /* handed out a few tiles at a time: a static split waited on whichever core the VM slowed */
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t n0 = 0; n0 < N; n0 += RB) { /* the weight rows stay in L1 across the x groups */
+            const int64_t nr = N - n0 < RB ? N - n0 : RB;
+            for (int64_t g = 0; g < groups; g++) {
+                const int64_t mr = M - g * CB < CB ? M - g * CB : CB;
+                tile(w, xt + g * K * CB, bias, out, n0, nr, g * CB, mr, N, K);
+            }
         }
     }
     free(xt);

@@ -19,6 +19,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # default: from kv_cache_gb (CPU) or gpu_memory_utilization (CUDA)
     kv_cache_gb: float = 2.0
     prefault_kv_cache: bool = True  # CPU: make the KV pages resident at startup
+    retain_freed_memory: bool = True  # CPU: keep freed activations in the process (no page faults per step)
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True

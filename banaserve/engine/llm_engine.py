@@ -9,7 +9,7 @@ import torch
 
 from banaserve.engine.config import EngineConfig
 from banaserve.engine.kv_connector import KVConnector
-from banaserve.engine.model_runner import ModelRunner, allocate_kv_caches
+from banaserve.engine.model_runner import ModelRunner, allocate_kv_caches, retain_freed_memory
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.request import Request
 from banaserve.engine.sampling_params import SamplingParams
@@ -43,6 +43,8 @@ class LLMEngine:
         dtype_name = config.dtype if config.dtype != "auto" else (
             "bfloat16" if self.device.type == "cuda" else "float32")
         self.dtype = parse_dtype(dtype_name)
+        if self.device.type == "cpu" and config.retain_freed_memory:
+            retain_freed_memory()
         model, self.model_config = load_model(path, self.dtype, self.device)
         self.tokenizer = TextTokenizer(path)
         mc = self.model_config

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
+import platform
 from collections.abc import Callable
 
 import numpy as np
@@ -169,3 +171,25 @@ def _zeroed_pages(nbytes: int, prefault: bool) -> torch.Tensor:
         except (OSError, AttributeError):  # older kernel or not Linux: touch every page instead
             np.frombuffer(buf, dtype=np.uint8)[::mmap.PAGESIZE] = 0
     return torch.frombuffer(buf, dtype=torch.uint8)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+RETAINED_ALLOCATION_BYTES = 256 << 20  # larger blocks are still mmapped, and unmapped when freed
+RETAINED_FREE_BYTES = 512 << 20  # free memory at the top of the heap kept before any is returned
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc keep the memory that freed activations held, for the next step to reuse.
+
+    glibc hands allocations above a dynamic threshold (at most 32 MiB) to mmap and trims the
+    heap top once twice that much is free, so a prefill step's activations (16 MiB for the small
+    preset's gate_up output at 2048 tokens) went back to the OS when freed and came back as fresh
+    pages, zeroed by the kernel one 4 KiB fault at a time: about 500k faults and a tenth of the
+    CPU time of benchmarks/offline_throughput.py. This is process-wide and only changes when
+    memory is returned, never what is computed. Returns False where the C library is not glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, RETAINED_ALLOCATION_BYTES)
+                and libc.mallopt(M_TRIM_THRESHOLD, RETAINED_FREE_BYTES))

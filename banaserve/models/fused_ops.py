@@ -16,8 +16,12 @@ from banaserve.native.build import load_library
 
 
 def _native(*tensors: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) \
-        and load_library() is not None
+    # a plain loop over cheap properties: this runs several times per layer per step (a generator
+    # over t.device came to a few microseconds a call)
+    for t in tensors:
+        if not (t.is_cpu and t.dtype == torch.float32 and t.is_contiguous()):
+            return False
+    return load_library() is not None
 
 
 SMALL_GEMM_ROWS = (2, 128)  # rows where small_gemm beats MKL on the decoder overall (benchmarks/decode_linear.py)

@@ -45,6 +45,7 @@ class ServeArgs:
     num_kv_blocks: int | None = None
     kv_cache_gb: float = 2.0
     prefault_kv_cache: bool = True
+    retain_freed_memory: bool = True
     max_model_len: int | None = None
     seed: int = 0
 
@@ -69,5 +70,6 @@ class ServeArgs:
             model=self.model, dtype=self.dtype, device=self.device, block_size=self.block_size,
             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             num_kv_blocks=self.num_kv_blocks, kv_cache_gb=self.kv_cache_gb,
-            prefault_kv_cache=self.prefault_kv_cache, max_model_len=self.max_model_len, seed=self.seed,
+            prefault_kv_cache=self.prefault_kv_cache, retain_freed_memory=self.retain_freed_memory,
+            max_model_len=self.max_model_len, seed=self.seed,
         )

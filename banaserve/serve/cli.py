@@ -71,6 +71,9 @@ def parse_args(argv: list[str]) -> ServeArgs:
     e.add_argument("--prefault-kv-cache", action=argparse.BooleanOptionalAction, default=d.prefault_kv_cache,
                    help="CPU: make the KV cache's pages resident at startup (slower start, no page faults "
                         "while serving)")
+    e.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction, default=d.retain_freed_memory,
+                   help="CPU: keep memory the forward pass frees for the next step instead of returning it to "
+                        "the OS (no page faults per step; the process keeps its peak size)")
     e.add_argument("--max-model-len", type=int, default=d.max_model_len)
     e.add_argument("--seed", type=int, default=d.seed)
     ns = ap.parse_args(argv)

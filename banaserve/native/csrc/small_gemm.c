@@ -24,7 +24,7 @@ static inline void tile(const float *w, const float *xt, const float *bias, floa
     for (int64_t r = 0; r < RB; r++) wr[r] = w + (n0 + (r < nr ? r : nr - 1)) * K; /* spare rows repeat the last */
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
         /* the next tile's weight rows, one cache line each per 16 k: in the engine the weights come
-         * from DRAM (the KV stream evicts them between steps), and waiting on them halved the rate */
+         * from DRAM, since a decode step's KV stream evicts them from the caches */
         if (next)
             for (int64_t r = 0; r < RB; r++) __builtin_prefetch(next + r * K + k0, 0, 2);
         const int64_t k1 = K - k0 < 16 ? K : k0 + 16;
@@ -51,7 +51,7 @@ int small_gemm_f32(const float *x, const float *w, const float *bias, float *out
     if (!xt) return 1;
 #pragma omp parallel num_threads(num_threads)
     {
-        /* the packing is split too: done by one thread it left the others waiting a tenth of a call */
+        /* the packing is split too: done by one thread, it kept the others idle */
 #pragma omp for schedule(static)
         for (int64_t gk = 0; gk < groups * K; gk++) {
             const int64_t g = gk / K, k = gk % K;

@@ -15,7 +15,7 @@ from banaserve.engine.request import Request
 from banaserve.engine.sampler import sample
 from banaserve.engine.scheduler import ScheduledBatch
 from banaserve.kv.cpu_kernel import kernel_supports, prefill_kernel_supports
-from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, NativePrefill, PrefillChunk
+from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, NativePrefill, PrefillChunk, SampledRows
 from banaserve.models.decoder import DecoderModel
 
 
@@ -45,14 +45,15 @@ class ModelRunner:
         return self._workspace
 
     def prepare(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]
-                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[tuple[int, Request]]]:
-        """Flat input ids, positions, attention metadata, and (row, request) pairs to sample."""
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[Request]]:
+        """Flat input ids, positions, attention metadata, and the requests to sample, in the order
+        of `meta.sampled.rows` (the rows the final layer computes)."""
         bs, dev = self.block_size, self.device
         ids: list[int] = []
         pos: list[int] = []
         slots: list[torch.Tensor] = []
         meta = AttentionMetadata(slot_mapping=torch.empty(0))
-        to_sample: list[tuple[int, Request]] = []
+        to_sample: list[tuple[int, int, Request]] = []  # (context length, row, request)
         work = list(zip(batch.requests, batch.num_tokens))
         for req, n in work:
             if n == 1:
@@ -66,7 +67,7 @@ class ModelRunner:
             p = torch.arange(start, end)
             slots.append(bt[p // bs] * bs + p % bs)
             if end == req.num_tokens:
-                to_sample.append((len(ids) - 1, req))
+                to_sample.append((end, len(ids) - 1, req))
         decodes = sorted((req for req, n in work if n == 1), key=lambda r: r.num_computed_tokens)
         decode_start = len(ids)
         decode_slots: list[int] = []
@@ -76,34 +77,41 @@ class ModelRunner:
             pos.append(start)
             decode_slots.append(block_tables[req.request_id][start // bs] * bs + start % bs)
             if start + 1 == req.num_tokens:
-                to_sample.append((len(ids) - 1, req))
+                to_sample.append((start + 1, len(ids) - 1, req))
         if meta.prefills and self.native_prefill:
             meta.native_prefill = NativePrefill.of(meta.prefills)
         if decodes:
             slots.append(torch.tensor(decode_slots, dtype=torch.int64))
-            meta.decodes = self._decode_groups(decode_start, decodes, block_tables)
-            if not self.native_decode:
-                meta.workspace = self._decode_workspace(meta.decodes)
+            meta.decodes = self._decode_groups(decode_start, [r.num_computed_tokens + 1 for r in decodes],
+                                               [block_tables[r.request_id] for r in decodes])
+        to_sample.sort(key=lambda e: e[0])  # by context, as decode groups want them
+        meta.sampled = SampledRows(
+            torch.tensor([row for _, row, _ in to_sample], dtype=torch.int64).to(dev, non_blocking=True),
+            self._decode_groups(0, [ctx for ctx, _, _ in to_sample],
+                                [block_tables[r.request_id] for _, _, r in to_sample]))
+        if not self.native_decode:
+            meta.workspace = self._decode_workspace(meta.decodes + meta.sampled.decodes)
         meta.slot_mapping = torch.cat(slots).to(dev, non_blocking=True)
         input_ids = torch.tensor(ids, dtype=torch.int64).to(dev, non_blocking=True)
         positions = torch.tensor(pos, dtype=torch.int64).to(dev, non_blocking=True)
-        return input_ids, positions, meta, to_sample
+        return input_ids, positions, meta, [r for _, _, r in to_sample]
 
-    def _decode_groups(self, q_start: int, decodes: list[Request], block_tables: dict[str, list[int]]
-                       ) -> list[DecodeGroup]:
-        """One group for the native kernel; else groups (decodes sorted by context) padded <= ~25%."""
+    def _decode_groups(self, q_start: int, ctx_lens: list[int], tables: list[list[int]]) -> list[DecodeGroup]:
+        """Single-token queries q_start, q_start + 1, ... with these context lengths (ascending) over
+        these block tables (cut here to the blocks each context needs): one group for the native
+        kernel; else groups padded <= ~25%."""
         bs, dev = self.block_size, self.device
-        tables = [block_tables[r.request_id][:r.num_computed_tokens // bs + 1] for r in decodes]
+        tables = [t[:-(-c // bs)] for c, t in zip(ctx_lens, tables)]
         groups: list[DecodeGroup] = []
         i = 0
-        while i < len(decodes):
-            j = len(decodes) if self.native_decode else i + 1
+        while i < len(ctx_lens):
+            j = len(ctx_lens) if self.native_decode else i + 1
             limit = len(tables[i]) * 1.25 + 1
-            while j < len(decodes) and len(tables[j]) <= limit:
+            while j < len(ctx_lens) and len(tables[j]) <= limit:
                 j += 1
             width = max(len(t) for t in tables[i:j])
             padded = [t + [0] * (width - len(t)) for t in tables[i:j]]
-            ctx = torch.tensor([r.num_computed_tokens + 1 for r in decodes[i:j]], dtype=torch.int64)
+            ctx = torch.tensor(ctx_lens[i:j], dtype=torch.int64)
             mask = None
             if not self.native_decode:
                 mask = (torch.arange(width * bs)[None, :] < ctx[:, None])[:, None, None, :].to(dev, non_blocking=True)
@@ -116,14 +124,13 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, block_tables: dict[str, list[int]],
                 after_layer: Callable[[int], None] | None = None) -> dict[str, int]:
         """Run one step; return the sampled token of every request whose last token was computed."""
-        input_ids, positions, meta, to_sample = self.prepare(batch, block_tables)
+        input_ids, positions, meta, reqs = self.prepare(batch, block_tables)
         hidden = self.model.embed(input_ids)
+        # the sampled rows' final hidden states alone (see forward_layers)
         hidden = self.model.forward_layers(hidden, positions, meta, self.kv_caches, after_layer=after_layer)
-        if not to_sample:
+        if not reqs:
             return {}
-        rows = [row for row, _ in to_sample]
-        reqs = [req for _, req in to_sample]
-        logits = self.model.logits(hidden[rows]).float()
+        logits = self.model.logits(hidden).float()
         return dict(zip((r.request_id for r in reqs), sample(logits, reqs)))
 
     @torch.inference_mode()

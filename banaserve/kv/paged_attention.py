@@ -68,6 +68,18 @@ class NativePrefill:
 
 
 @dataclass(slots=True)
+class SampledRows:
+    """The rows of a step whose logits are sampled, as single-token queries over their pages.
+
+    Only these rows of the final layer's output are ever read, so that layer writes every row's
+    K/V and then attends, projects and runs its MLP for these rows alone.
+    """
+
+    rows: torch.Tensor  # [S] int64: indices into the step's tokens
+    decodes: list[DecodeGroup]  # q_start counts in the S rows
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: cache slot (block * block_size + offset) of every new token
     prefills: list[PrefillChunk] = field(default_factory=list)
@@ -77,6 +89,7 @@ class AttentionMetadata:
     # A fresh tensor per layer would cost a page fault per 4 KiB on CPU (large allocations are
     # mmapped and unmapped each time), which measured slower than the attention itself.
     workspace: torch.Tensor | None = None
+    sampled: SampledRows | None = None  # set by the engine: the final layer computes only these rows
 
 
 def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -115,9 +128,15 @@ def _prefill_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: t
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                    meta: AttentionMetadata) -> torch.Tensor:
-    """Write the step's k/v into the cache and return attention outputs [T, Hq, D]."""
+                    meta: AttentionMetadata, only_sampled: bool = False) -> torch.Tensor:
+    """Write the step's k/v into the cache and return attention outputs [T, Hq, D], or with
+    `only_sampled` those of `meta.sampled`'s rows alone, [S, Hq, D]."""
     write_kv(kv_cache, meta.slot_mapping, k, v)
+    if only_sampled:
+        sampled = meta.sampled
+        out = torch.empty((sampled.rows.numel(), *q.shape[1:]), dtype=q.dtype, device=q.device)
+        _decode(q[sampled.rows], kv_cache, sampled.decodes, meta.workspace, out)
+        return out
     native = meta.native_prefill
     q = q if native is None else q.contiguous()
     out = torch.empty_like(q)
@@ -126,9 +145,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
         native.checked = True
     else:
         _prefill_sdpa(q, k, v, kv_cache, meta.prefills, out)
+    _decode(q, kv_cache, meta.decodes, meta.workspace, out)
+    return out
+
+
+def _decode(q: torch.Tensor, kv_cache: torch.Tensor, decodes: list[DecodeGroup], workspace: torch.Tensor | None,
+            out: torch.Tensor) -> None:
+    """Single-token queries of each decode group, over the pages, into `out`."""
     _, nb, bs, h, d = kv_cache.shape
     flat_cache = kv_cache.view(2 * nb, bs, h, d)
-    for g in meta.decodes:
+    for g in decodes:
         n, width = g.block_tables.shape
         if g.mask is None:
             out[g.q_start:g.q_start + n] = paged_decode_attention(q[g.q_start:g.q_start + n], kv_cache,
@@ -136,7 +162,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
             g.kernel_checked = True
             continue
         rows = g.kv_rows(nb)
-        ws = None if meta.workspace is None else meta.workspace[:rows.numel()]
+        ws = None if workspace is None else workspace[:rows.numel()]
         # index_select on the flat table: far faster than advanced indexing on CPU
         kv = torch.index_select(flat_cache, 0, rows, out=ws) if ws is not None else flat_cache.index_select(0, rows)
         kd = kv[:n * width].view(n, width * bs, h, d).transpose(1, 2)  # [B, Hkv, ctx, D]
@@ -145,4 +171,3 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
         qd = q[g.q_start:g.q_start + n].view(n, h, -1, d)  # [B, Hkv, Hq / Hkv, D]
         o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=g.mask)
         out[g.q_start:g.q_start + n] = o.reshape(n, -1, d)
-    return out

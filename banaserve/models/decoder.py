@@ -53,13 +53,15 @@ class Attention(nn.Module):
         self.rope = rope
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: torch.Tensor) -> torch.Tensor:
+                kv_cache: torch.Tensor, only_sampled: bool = False) -> torch.Tensor:
+        """Attention block output [T, hidden], or with `only_sampled` [S, hidden] for meta.sampled's rows
+        (every row's K/V is written either way)."""
         qkv = self.qkv_proj(x)
         v = qkv[:, self.q_size + self.kv_size:].view(-1, self.num_kv_heads, self.head_dim)
         qk = None if self.q_norm is not None else self.rope.rotate_qkv(positions, qkv, self.num_heads,
                                                                        self.num_kv_heads)
         q, k = qk if qk is not None else self._rotated_qk(qkv, positions)
-        out = paged_attention(q, k, v, kv_cache, meta)
+        out = paged_attention(q, k, v, kv_cache, meta, only_sampled)
         return self.o_proj(out.reshape(-1, self.q_size))
 
     def _rotated_qk(self, qkv: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,8 +92,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, meta, kv_cache):
-        a = self.self_attn(self.input_layernorm(x), positions, meta, kv_cache)
+    def forward(self, x, positions, meta, kv_cache, only_sampled: bool = False):
+        a = self.self_attn(self.input_layernorm(x), positions, meta, kv_cache, only_sampled)
+        if only_sampled:
+            x = x[meta.sampled.rows]
         h, x = self.post_attention_layernorm.add_forward(a, x)  # x + a and its norm, in one pass
         return x + self.mlp(h)
 
@@ -117,10 +121,19 @@ class DecoderModel(nn.Module):
     def forward_layers(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                        kv_caches: list[torch.Tensor], start: int = 0, end: int | None = None,
                        after_layer: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Run layers [start, end) over flat hidden states [T, hidden]."""
+        """Run layers [start, end) over flat hidden states [T, hidden].
+
+        Where `meta.sampled` is set and the range ends at the final layer, only the sampled rows of
+        its output are ever read: that layer writes every row's K/V, computes the rest for those
+        rows alone, and the result is [S, hidden] in `meta.sampled.rows` order. At 2048 prompt
+        tokens a step, most rows are not the last of their prompt, so this skips about 1/L of a
+        prefill's attention and MLP work.
+        """
         end = self.cfg.num_layers if end is None else end
+        last = self.cfg.num_layers - 1
         for i in range(start, end):
-            hidden = self.layers[i](hidden, positions, meta, kv_caches[i])
+            only_sampled = i == last and meta.sampled is not None
+            hidden = self.layers[i](hidden, positions, meta, kv_caches[i], only_sampled)
             if after_layer is not None:
                 after_layer(i)
         return hidden

@@ -1,5 +1,5 @@
 """The decoder's elementwise work as single native passes on CPU fp32 (native/csrc/fused_ops.c),
-and its linear layers at decode batch sizes (native/csrc/small_gemm.c).
+and its linear layers (native/csrc/small_gemm.c at decode batch sizes, packed_gemm.c above them).
 
 PyTorch runs RMSNorm as six ops, SiLU-and-multiply as two and rotary embedding as six, each a
 full read and write of the activation; on a 2-core CPU those passes cost about a tenth of a
@@ -28,18 +28,21 @@ SMALL_GEMM_ROWS = (2, 128)  # rows where small_gemm beats MKL on the decoder ove
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, by the native small-M kernel for a few rows (decode), else F.linear."""
+    """x @ weight.T + bias: by the native small-M kernel for a few rows (decode), by the native
+    packed GEMM for more (prefill), by F.linear for one row or where the native kernels do not apply."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     # a shape mismatch goes to F.linear, which raises: the C code trusts the shapes it is given
     fits = weight.dim() == 2 and weight.shape[1] == x.shape[-1] and (bias is None or bias.shape == weight.shape[:1])
     operands = (x, weight) if bias is None else (x, weight, bias)
-    if SMALL_GEMM_ROWS[0] <= rows <= SMALL_GEMM_ROWS[1] and fits and _native(*operands):
+    if rows >= SMALL_GEMM_ROWS[0] and weight.numel() and fits and _native(*operands):
+        lib = load_library()
+        gemm = lib.small_gemm_f32 if rows <= SMALL_GEMM_ROWS[1] else lib.packed_gemm_f32
         out = x.new_empty((*x.shape[:-1], weight.shape[0]))
         bias_ptr = None if bias is None else bias.data_ptr()
-        status = load_library().small_gemm_f32(x.data_ptr(), weight.data_ptr(), bias_ptr, out.data_ptr(), rows,
-                                               weight.shape[0], x.shape[-1], torch.get_num_threads())
+        status = gemm(x.data_ptr(), weight.data_ptr(), bias_ptr, out.data_ptr(), rows, weight.shape[0], x.shape[-1],
+                      torch.get_num_threads())
         if status != 0:
-            raise MemoryError("small_gemm could not allocate its scratch")
+            raise MemoryError("the native GEMM could not allocate its scratch")
         return out
     return F.linear(x, weight, bias)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("paged_decode.c", "paged_prefill.c", "fused_ops.c", "small_gemm.c")]
+SOURCES = [CSRC / name for name in ("paged_decode.c", "paged_prefill.c", "fused_ops.c", "small_gemm.c",
+                                    "packed_gemm.c")]
 HEADERS = [CSRC / "vec.h"]
 # -ffast-math lets GCC vectorise the dot-product reductions. It is given to the compile
 # step only: linking a shared object with it would set flush-to-zero for the whole process.
@@ -92,8 +93,9 @@ def open_library(path: Path) -> ctypes.CDLL:
     lib.rms_norm_f32.argtypes = [ptr] * 5 + [i64, i64, f32, i64]
     lib.silu_mul_f32.argtypes = [ptr, ptr, i64, i64, i64]
     lib.rope_f32.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
-    lib.small_gemm_f32.restype = ctypes.c_int
-    lib.small_gemm_f32.argtypes = [ptr] * 4 + [i64] * 4
+    for fn in (lib.small_gemm_f32, lib.packed_gemm_f32):  # the same signature
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ptr] * 4 + [i64] * 4
     for fn in (lib.rms_norm_f32, lib.silu_mul_f32, lib.rope_f32):
         fn.restype = None
     return lib

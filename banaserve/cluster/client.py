@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import uuid
@@ -29,7 +28,7 @@ import zmq.asyncio
 from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.engine_client import ModelInfo
-from banaserve.cluster.procs import spawn_instance, stop_processes
+from banaserve.cluster.procs import make_ipc_dir, spawn_instance, stop_processes, sweep_stale_ipc_dirs
 from banaserve.cluster.router import Router
 from banaserve.cluster.tracked import Tracked
 from banaserve.engine.outputs import RequestOutput
@@ -73,8 +72,9 @@ class ClusterClient:
     async def start(self) -> None:
         """Spawn the instances and wait until every one has loaded its model and said hello."""
         shm_kv.sweep_stale()
+        sweep_stale_ipc_dirs()
         cfg = self.config
-        self._ipc_dir = tempfile.mkdtemp(prefix="banaserve-ipc-")
+        self._ipc_dir = make_ipc_dir()
         self._ctx = zmq.asyncio.Context()
         self._ctrl = self._ctx.socket(zmq.ROUTER)
         self._stats = self._ctx.socket(zmq.PULL)

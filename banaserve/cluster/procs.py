@@ -1,18 +1,42 @@
-"""Starting and stopping instance processes (`python -m banaserve.cluster.instance`) on this host."""
+"""Starting and stopping instance processes (`python -m banaserve.cluster.instance`) on this host,
+and the directory of the sockets they reach the front-end by."""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import msgspec
 
 import banaserve
 from banaserve.cluster.messages import InstanceSpec
+from banaserve.transfer.shm_kv import process_exists
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(banaserve.__file__)))
+IPC_PREFIX = "banaserve-ipc-"
+
+
+def make_ipc_dir() -> str:
+    """A private directory for the front-end's IPC sockets, named after its pid so that one left
+    by a killed front-end can be found (sweep_stale_ipc_dirs)."""
+    return tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
+
+
+def sweep_stale_ipc_dirs() -> list[str]:
+    """Remove the IPC directories of front-ends that no longer exist (killed before shutdown)."""
+    removed = []
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{IPC_PREFIX}*")):
+        m = re.match(rf"^{IPC_PREFIX}(\d+)-", os.path.basename(path))
+        if m is not None and not process_exists(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def spawn_instance(spec: InstanceSpec) -> subprocess.Popen:

@@ -137,13 +137,17 @@ def sweep_stale() -> list[str]:
     removed = []
     for name in list_segments():
         m = re.match(rf"^{PREFIX}(\d+)-", name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            if unlink(name):
-                removed.append(name)
-        except PermissionError:
-            pass  # alive, owned by someone else
+        if m is not None and not process_exists(int(m.group(1))) and unlink(name):
+            removed.append(name)
     return removed
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this pid exists, ours or another user's."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,12 +1,17 @@
-"""Process hygiene: instances never outlive their router, shared memory never outlives its owner."""
+"""Process hygiene: instances never outlive their router, shared memory and socket directories
+never outlive their owner."""
 
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
+from banaserve.cluster.procs import IPC_PREFIX, make_ipc_dir, sweep_stale_ipc_dirs
 from banaserve.transfer.shm_kv import list_segments
 from tests.cluster.cluster_harness import WAIT_S, running
 
@@ -42,7 +47,19 @@ def test_instances_exit_and_unlink_when_the_router_is_killed(tiny_llama):
         while any(running(p) for p in info["pids"]) or list_segments(router.pid):
             assert time.monotonic() < deadline, "orphaned instance process or shared memory"
             time.sleep(0.05)
+        # the killed router could not remove its socket directory; the next front-end's start sweeps it
+        leftover = glob.glob(os.path.join(tempfile.gettempdir(), f"{IPC_PREFIX}{router.pid}-*"))
+        assert leftover and set(leftover) <= set(sweep_stale_ipc_dirs())
+        assert not any(os.path.exists(d) for d in leftover)
     finally:
         if router.poll() is None:
             router.kill()
             router.wait()
+
+
+def test_sweep_keeps_the_socket_directories_of_live_front_ends():
+    mine = make_ipc_dir()
+    try:
+        assert mine not in sweep_stale_ipc_dirs() and os.path.isdir(mine)
+    finally:
+        shutil.rmtree(mine)

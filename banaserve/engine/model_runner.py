@@ -47,7 +47,7 @@ class ModelRunner:
     def prepare(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]
                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[Request]]:
         """Flat input ids, positions, attention metadata, and the requests to sample, in the order
-        of `meta.sampled.rows` (the rows the final layer computes)."""
+        of `meta.sampled.rows` (the rows the final layer computes; None where that is every row)."""
         bs, dev = self.block_size, self.device
         ids: list[int] = []
         pos: list[int] = []
@@ -85,12 +85,14 @@ class ModelRunner:
             meta.decodes = self._decode_groups(decode_start, [r.num_computed_tokens + 1 for r in decodes],
                                                [block_tables[r.request_id] for r in decodes])
         to_sample.sort(key=lambda e: e[0])  # by context, as decode groups want them
-        meta.sampled = SampledRows(
-            torch.tensor([row for _, row, _ in to_sample], dtype=torch.int64).to(dev, non_blocking=True),
-            self._decode_groups(0, [ctx for ctx, _, _ in to_sample],
-                                [block_tables[r.request_id] for _, _, r in to_sample]))
+        rows = [row for _, row, _ in to_sample]
+        if rows != list(range(len(ids))):  # else (a pure decode step) every row is sampled, in order
+            meta.sampled = SampledRows(
+                torch.tensor(rows, dtype=torch.int64).to(dev, non_blocking=True),
+                self._decode_groups(0, [ctx for ctx, _, _ in to_sample],
+                                    [block_tables[r.request_id] for _, _, r in to_sample]))
         if not self.native_decode:
-            meta.workspace = self._decode_workspace(meta.decodes + meta.sampled.decodes)
+            meta.workspace = self._decode_workspace(meta.decodes + (meta.sampled.decodes if meta.sampled else []))
         meta.slot_mapping = torch.cat(slots).to(dev, non_blocking=True)
         input_ids = torch.tensor(ids, dtype=torch.int64).to(dev, non_blocking=True)
         positions = torch.tensor(pos, dtype=torch.int64).to(dev, non_blocking=True)

@@ -35,6 +35,10 @@ class ClusterConfig:
             raise ValueError(f"mode must be colocated or disagg, got {self.mode!r}")
         if self.transfer not in ("shm", "tcp"):
             raise ValueError(f"transfer must be shm or tcp, got {self.transfer!r}")
+        if self.transfer == "shm" and self.mode == "disagg" and self.engine.device.startswith("cuda"):
+            # shm makes the decode instances' KV cache a host shared-memory segment
+            raise ValueError("transfer shm shares the decode instances' KV cache in host memory, so it needs "
+                             "device cpu; use transfer tcp with cuda")
         if self.routing not in ("least_loaded", "round_robin"):
             raise ValueError(f"routing must be least_loaded or round_robin, got {self.routing!r}")
         counts = [self.instances] if self.mode == "colocated" else [self.prefill, self.decode]

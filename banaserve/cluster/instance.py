@@ -56,6 +56,9 @@ class Instance:
         if spec.role == "decode":
             # reachable both ways: peers on this host write the shared cache, others send over TCP
             if spec.shm_name:
+                if e.device.type != "cpu":  # device auto picked a GPU: ClusterConfig could not know
+                    raise ValueError(f"transfer shm needs device cpu (the KV cache lives in host shared "
+                                     f"memory), but this instance runs on {e.device}; use transfer tcp")
                 self.segment = ShmKVSegment.create(spec.shm_name, KVLayout.of(e.fingerprint, kv))
                 install_kv_caches(e, self.segment.tensors)
             self.receiver = TcpKVReceiver(KVLayout.of(e.fingerprint, kv), e.runner.kv_caches,

@@ -8,14 +8,19 @@ from banaserve.engine.request import Request
 
 
 def sample(logits: torch.Tensor, requests: list[Request]) -> list[int]:
-    """One token per row of `logits` [N, V] (fp32), row i belonging to `requests[i]`.
+    """One token per row of `logits` [N, V] (fp32), row i belonging to `requests[i]`."""
+    return choose_tokens(logits, requests).tolist()
+
+
+def choose_tokens(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    """The tokens of `sample` as an int64 tensor [N] on the logits' device (one copy to the host).
 
     Random rows use the exponential-race trick (argmax p / E, E ~ Exp(1)), drawing E from the
     request's own generator when it has a seed, so its tokens do not depend on the batch.
     """
     greedy = torch.tensor([r.params.greedy for r in requests])
     if bool(greedy.all()):
-        return logits.argmax(dim=-1).tolist()
+        return logits.argmax(dim=-1)
     device = logits.device
     temps = torch.tensor([r.params.temperature or 1.0 for r in requests], device=device)
     logits = logits / temps[:, None]
@@ -25,8 +30,7 @@ def sample(logits: torch.Tensor, requests: list[Request]) -> list[int]:
     for i, r in enumerate(requests):
         noise[i].exponential_(generator=r.generator)
     sampled = (probs / noise).argmax(dim=-1)
-    chosen = torch.where(greedy.to(device), logits.argmax(dim=-1), sampled)
-    return chosen.tolist()
+    return torch.where(greedy.to(device), logits.argmax(dim=-1), sampled)
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:

@@ -67,9 +67,10 @@ class TcpPushTarget:
         if len(src_blocks) == 1 or src_blocks == list(range(src_blocks[0], src_blocks[0] + len(src_blocks))):
             buf = src[:, src_blocks[0]:src_blocks[0] + len(src_blocks)].contiguous()
         else:
-            buf = src.index_select(1, torch.tensor(src_blocks, dtype=torch.int64))
+            buf = src.index_select(1, torch.tensor(src_blocks, dtype=torch.int64, device=src.device))
         header = msgspec.msgpack.encode(FrameHeader(tid, layer, first_index, len(src_blocks)))
-        payload = buf.view(-1).view(torch.uint8).numpy()  # keeps `buf` alive until zmq sent it
+        # .cpu() is a no-op for a host cache; the array keeps its buffer alive until zmq sent it
+        payload = buf.view(-1).view(torch.uint8).cpu().numpy()
         self.sock.send_multipart([b"data", header, payload], copy=False)
         nbytes = len(src_blocks) * self.block_bytes
         self.bytes_pushed += nbytes

@@ -1,5 +1,6 @@
-"""The model runner: the final layer computes only the sampled rows; host memory (KV cache pages
-zeroed and resident at startup when asked, freed activation memory kept for the next step)."""
+"""The model runner: the final layer computes only the sampled rows; a step keeps every tensor on the
+model's device; host memory (KV cache pages zeroed and resident at startup when asked, freed
+activation memory kept for the next step)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import sys
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from banaserve import LLM, SamplingParams
-from banaserve.engine.model_runner import allocate_kv_caches
+from banaserve.engine.model_runner import ModelRunner, allocate_kv_caches
 from banaserve.engine.request import Request
+from banaserve.engine.sampler import choose_tokens
 from banaserve.engine.scheduler import ScheduledBatch
+from banaserve.models.loader import load_model
 from banaserve.serve.cli import parse_args
 
 
@@ -62,6 +67,56 @@ def test_final_layer_computes_only_sampled_rows_and_every_rows_kv(tiny_llama, na
             reqs[n].num_computed_tokens += k
             if reqs[n].num_computed_tokens == reqs[n].num_tokens:
                 reqs[n].all_token_ids.append(int(part[part_ids.index(n)].argmax()))
+
+
+class HostTensorsInDeviceOps(TorchDispatchMode):
+    """Records every op that mixes host tensors with device tensors. Copies between them are
+    allowed, and so are 0-dim host scalars (CUDA takes those too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        kinds = {t.device.type for t in tensors if t.dim() > 0 or t.device.type != "cpu"}
+        if len(kinds) > 1 and func not in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            self.ops.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_step_keeps_every_tensor_on_the_models_device(make_checkpoint, arch, dtype):
+    """No GPU here, so the meta device stands in for CUDA: it holds no data, but PyTorch places and
+    checks its tensors like any other device's. A step (prefill chunks, mixed, pure decode, the
+    sampler up to its one copy to the host) must not feed a host tensor into a device op: on CUDA
+    that is an error or a hidden synchronous copy. Values are checked on CPU by the other tests."""
+    dev = torch.device("meta")
+    model, cfg = load_model(make_checkpoint(arch), dtype, dev)
+    bs = 16
+    runner = ModelRunner(model, allocate_kv_caches(cfg.num_layers, 8, bs, cfg.num_kv_heads, cfg.head_dim,
+                                                   dtype, dev), bs, dev)
+    assert not runner.native_decode and not runner.native_prefill  # the PyTorch paths CUDA takes
+    mixed = [SamplingParams(max_tokens=4, temperature=0.8, top_k=5, top_p=0.9), SamplingParams(max_tokens=4)]
+    reqs = {name: Request(name, list(range(3, 3 + n)), mixed[i % 2])
+            for i, (name, n) in enumerate((("a", bs + 3), ("b", 2 * bs + 5), ("c", 5)))}
+    tables = {"a": [0, 1], "b": [2, 3, 4], "c": [5]}
+    steps = [(["a", "b", "c"], [bs + 3, bs + 2, 5]), (["b", "a", "c"], [bs + 3, 1, 1]), (["a", "b", "c"], [1, 1, 1])]
+    with HostTensorsInDeviceOps() as check:
+        for names, counts in steps:
+            ids, pos, meta, to_sample = runner.prepare(ScheduledBatch([reqs[n] for n in names], counts), tables)
+            hidden = model.forward_layers(model.embed(ids), pos, meta, runner.kv_caches)
+            tokens = choose_tokens(model.logits(hidden).float(), to_sample)
+            assert tokens.device == dev and tokens.shape == (len(to_sample),)
+            for n, k in zip(names, counts):
+                reqs[n].num_computed_tokens += k
+                if reqs[n].num_computed_tokens == reqs[n].num_tokens:
+                    reqs[n].all_token_ids.append(7)
+        logits = runner.prompt_logits(list(range(3, 40)), [6, 7, 0])
+        assert logits.device == dev and logits.shape == (37, cfg.vocab_size)
+    assert check.ops == []
 
 
 def rss_bytes() -> int:

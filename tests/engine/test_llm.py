@@ -92,19 +92,34 @@ def test_no_blocks_leak_after_run(case):
 
 @pytest.mark.parametrize("device", [d for d in cuda_devices() if d != "cpu"] or
                          [pytest.param("cuda", marks=pytest.mark.skip(reason="no CUDA device"))])
-@pytest.mark.parametrize("dtype,strict", [("float32", True), ("bfloat16", False)])
-def test_cuda_matches_hf(case, device, dtype, strict):
-    path, prompts, refs, _ = case
-    if strict:  # fp32 on CUDA: HF on the same device is the oracle
-        hf = load_hf(path, torch.float32, device)
-        refs = [hf_greedy(hf, p, MAX_NEW) for p in prompts]
-    llm = LLM(path, dtype=dtype, device=device, max_num_batched_tokens=64)
+def test_cuda_matches_hf(case, device):
+    """fp32 on CUDA: HF on the same device is the oracle, token for token."""
+    path, prompts, _, _ = case
+    hf = load_hf(path, torch.float32, device)
+    refs = [hf_greedy(hf, p, MAX_NEW) for p in prompts]
+    llm = LLM(path, dtype="float32", device=device, max_num_batched_tokens=64)
     outs = llm.generate(prompt_token_ids=prompts, sampling_params=GREEDY)
-    if strict:
-        assert [o.token_ids for o in outs] == refs
-    else:  # bf16 rounding flips near-ties: same first 8 tokens on >= 90% of prompts
-        same = sum(o.token_ids[:8] == r[:8] for o, r in zip(outs, refs))
-        assert same >= 0.9 * len(prompts)
+    assert [o.token_ids for o in outs] == refs
+
+
+FIRST = 8
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_bf16_matches_hf_loosely(case, device):
+    """bf16 rounding flips near-ties, so the check is looser: the first 8 greedy tokens equal the fp32
+    oracle's on >= 90% of prompts, or, where transformers' own bf16 on this device falls short of
+    that (flat logits of an untied random checkpoint), on at most one prompt fewer than it does
+    (docs/design-decisions.md, "The bf16 check")."""
+    path, prompts, refs, _ = case
+    llm = LLM(path, dtype="bfloat16", device=device, max_num_batched_tokens=64)
+    outs = llm.generate(prompt_token_ids=prompts, sampling_params=GREEDY)
+    same = sum(o.token_ids[:FIRST] == r[:FIRST] for o, r in zip(outs, refs))
+    if same >= 0.9 * len(prompts):
+        return
+    hf = load_hf(path, torch.bfloat16, device)
+    hf_same = sum(hf_greedy(hf, p, FIRST) == r[:FIRST] for p, r in zip(prompts, refs))
+    assert same >= hf_same - 1, f"bf16: {same}/{len(prompts)} prompts agree, transformers' bf16 {hf_same}"
 
 
 def test_pytorch_decode_path_matches_hf(case):

@@ -31,15 +31,15 @@ from banaserve.cluster.engine_client import ModelInfo
 from banaserve.cluster.procs import make_ipc_dir, spawn_instance, stop_processes, sweep_stale_ipc_dirs
 from banaserve.cluster.router import Router
 from banaserve.cluster.tracked import Tracked
+from banaserve.engine.output_processor import OutputProcessor
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.sampling_params import SamplingParams
+from banaserve.engine.tokenizer import TextTokenizer
 from banaserve.models.config import ModelConfig
 from banaserve.models.make_model import default_model_path
 from banaserve.policies.view import ClusterView, InstanceStats
 from banaserve.transfer import shm_kv
 
-ROUTER_FIELDS = {"instance_id", "role", "alive", "inflight_requests", "inflight_prefill_tokens", "updated_at"}
-ENGINE_FIELDS = [f.name for f in dataclasses.fields(InstanceStats) if f.name not in ROUTER_FIELDS]
 MONITOR_INTERVAL_S = 0.02
 
 
@@ -59,6 +59,7 @@ class ClusterClient:
         self.procs: dict[int, subprocess.Popen] = {}
         self.shm_names: dict[int, str] = {}
         self.router = Router(self.config, self.view, self._send, self.peers)
+        self.outputs = OutputProcessor(TextTokenizer(engine.model))  # text is made here, not on instances
         self._enc, self._dec = m.encoder(), m.from_instance_decoder()
         self._stats_dec = msgspec.msgpack.Decoder(m.Stats)
         self._stats_waiters: dict[int, list[asyncio.Future]] = {}
@@ -180,6 +181,7 @@ class ClusterClient:
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
         q: asyncio.Queue = asyncio.Queue()
         self.router.submit(Tracked(request_id, list(prompt_token_ids), params, q.put_nowait))
+        self.outputs.add(request_id, prompt_token_ids, params)
         finished = False
         try:
             while not finished:
@@ -187,9 +189,13 @@ class ClusterClient:
                 if isinstance(item, Exception):
                     finished = True
                     raise item
-                finished = item.finished
-                yield item
+                out, stopped = self.outputs.process(item)
+                if stopped:  # a stop string ended it: the instance still runs it
+                    self.router.abort(request_id)
+                finished = out.finished
+                yield out
         finally:
+            self.outputs.forget(request_id)
             if not finished:
                 self.router.abort(request_id)
 
@@ -274,12 +280,8 @@ class ClusterClient:
             self._update_stats(s.instance_id, s)
 
     def _update_stats(self, idx: int, s: InstanceStats) -> None:
-        cur = self.view.instances.get(idx)
-        if cur is None or not cur.alive or s.instance_id != idx:
-            return
-        for name in ENGINE_FIELDS:
-            setattr(cur, name, getattr(s, name))
-        cur.updated_at = time.monotonic()
+        if s.instance_id == idx:
+            self.view.publish(s, time.monotonic())
 
     async def _monitor_loop(self) -> None:
         while True:

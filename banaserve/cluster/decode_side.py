@@ -10,12 +10,25 @@ blocks are never reused while a push might still land in them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from banaserve.cluster.messages import Admit, AdmitFailed, Reserve, Reserved
-from banaserve.engine.kv_connector import add_request_with_history
-from banaserve.engine.llm_engine import LLMEngine
-from banaserve.transfer.tcp_channel import TcpKVReceiver
+from banaserve.engine.core import EngineCore
+
+
+class Receiver(Protocol):
+    """Where transfers that are not written in place arrive (TCP live, a link in the simulator)."""
+
+    bytes_received: int
+
+    def expect(self, tid: int, blocks: list[int], skip_blocks: int) -> None: ...
+
+    def status(self, tid: int) -> tuple[bool, str | None]:
+        """(every frame arrived, error or None)."""
+
+    def forget(self, tid: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -25,7 +38,7 @@ class Reservation:
     token_ids: list[int]  # tokens whose KV the transfer brings (prompt + earlier output)
     blocks: list[int]
     skip_tokens: int
-    tcp: bool  # arrives over TCP (wait for the receiver) rather than written into shared memory
+    tcp: bool  # arrives through the receiver (wait for it) rather than written in place
 
 
 @dataclass(slots=True)
@@ -37,10 +50,12 @@ class PendingAdmit:
 class DecodeSide:
     """Reservations of one instance; `receiver` takes the TCP ones (shm ones are written directly)."""
 
-    def __init__(self, engine: LLMEngine, receiver: TcpKVReceiver | None, admit_wait_s: float):
-        self.engine = engine
+    def __init__(self, core: EngineCore, receiver: Receiver | None, admit_wait_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.core = core
         self.receiver = receiver
         self.admit_wait_s = admit_wait_s
+        self.clock = clock
         self.reservations: dict[int, Reservation] = {}
         self.pending: dict[int, PendingAdmit] = {}
 
@@ -48,9 +63,13 @@ class DecodeSide:
     def num_reserved(self) -> int:
         return len(self.reservations)
 
+    @property
+    def bytes_received(self) -> int:
+        return self.receiver.bytes_received if self.receiver is not None else 0
+
     def reserve(self, m: Reserve) -> Reserved:
         """Hold blocks for `m.token_ids`; not ok when short of room (the router retries later)."""
-        e, blocks = self.engine, self.engine.blocks
+        e, blocks = self.core, self.core.blocks
         n = len(m.token_ids)
         tcp = m.kind == "tcp"
         if (m.tid in self.reservations or m.rid in e.requests or m.rid in blocks.block_tables
@@ -76,7 +95,7 @@ class DecodeSide:
             return
         if r.tcp:
             self.receiver.forget(tid)  # after this no late frame can write the blocks
-        self.engine.blocks.free(r.rid)
+        self.core.blocks.free(r.rid)
 
     def abort(self, rid: str) -> None:
         """The request is gone: drop its reservation, if any."""
@@ -92,7 +111,7 @@ class DecodeSide:
             self.release(m.tid)
             return AdmitFailed(m.tid, m.rid, "admitted tokens differ from the reserved ones")
         if r.tcp:
-            self.pending[m.tid] = PendingAdmit(m, time.monotonic() + self.admit_wait_s)
+            self.pending[m.tid] = PendingAdmit(m, self.clock() + self.admit_wait_s)
             return self._try_pending(m.tid)
         return self._start(r, m)
 
@@ -106,7 +125,7 @@ class DecodeSide:
         if complete:
             del self.pending[tid]
             return self._start(self.reservations[tid], p.msg)
-        if error is not None or time.monotonic() > p.deadline:
+        if error is not None or self.clock() > p.deadline:
             self.release(tid)
             return AdmitFailed(tid, p.msg.rid, error or "transfer did not complete in time")
         return None
@@ -116,9 +135,8 @@ class DecodeSide:
         if r.tcp:
             self.receiver.forget(r.tid)
         try:
-            add_request_with_history(self.engine, m.rid, m.prompt, m.params, m.history,
-                                     num_computed_tokens=len(r.token_ids))
+            self.core.add(m.rid, m.prompt, m.params, m.history, num_computed_tokens=len(r.token_ids))
         except ValueError as exc:
-            self.engine.blocks.free(r.rid)  # no-op if the engine already freed them
+            self.core.blocks.free(r.rid)
             return AdmitFailed(r.tid, m.rid, str(exc))
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from banaserve.engine.config import EngineConfig
+from banaserve.engine.outputs import TokenOutput
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.policies.view import InstanceStats
 from banaserve.transfer.layout import KVLayout
@@ -101,21 +102,10 @@ class Hello(msgspec.Struct, tag="hello"):
     eos_token_ids: list[int]
 
 
-class Out(msgspec.Struct, array_like=True):
-    """One step's progress of a request (cumulative fields are rebuilt by the router)."""
-
-    rid: str
-    new_token_ids: list[int]
-    new_text: str
-    finished: bool = False
-    finish_reason: str | None = None
-    text: str | None = None  # full output text, sent with the finishing output only
-    num_cached_tokens: int = 0
-    num_preemptions: int = 0
-
-
 class Outputs(msgspec.Struct, tag="outputs"):
-    items: list[Out]
+    """One step's token outputs (token ids only: the front end makes the text)."""
+
+    items: list[TokenOutput]
 
 
 class PrefillDone(msgspec.Struct, tag="prefill_done"):
@@ -125,7 +115,7 @@ class PrefillDone(msgspec.Struct, tag="prefill_done"):
     tid: int
     ok: bool
     error: str = ""
-    out: Out | None = None
+    out: TokenOutput | None = None
 
 
 class Reserved(msgspec.Struct, tag="reserved"):

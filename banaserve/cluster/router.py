@@ -2,7 +2,9 @@
 
 Everything here runs on the API process's event loop thread, driven by three inputs: client
 calls (`submit`, `abort`), instance messages (`on_message`) and time/process events (`tick`,
-`on_instance_dead`). It sends through a callable, so it is independent of sockets and processes.
+`on_instance_dead`). It sends through a callable and reads an injected clock, so it is
+independent of sockets and processes: the simulator runs this same class on an event queue.
+It sees token ids only; the front end turns them into text.
 
 Per request an *attempt* is one dispatch, named `<rid>#<n>` on the instances; messages about an
 older attempt are stale and ignored. A disaggregated attempt goes: reserve on a decode instance
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.tracked import RouterCounters, Tracked
-from banaserve.engine.outputs import RequestOutput
+from banaserve.engine.outputs import TokenOutput
 from banaserve.policies.routing import RoundRobin, least_loaded, round_robin
 from banaserve.policies.view import ClusterView
 
@@ -41,6 +43,7 @@ class Router:
         self.by_aid: dict[str, Tracked] = {}
         self.by_tid: dict[int, Tracked] = {}
         self.cancelling: dict[str, tuple[Tracked, int, int, int, bool]] = {}  # aid -> (t, p, d, tid, redo)
+        self.waiting: dict[str, Tracked] = {}  # refused for lack of decode room, asked again by tick
         self.counters = RouterCounters()
         self._rr = RoundRobin()
         self._tids = itertools.count(1)
@@ -142,6 +145,7 @@ class Router:
             self._unload(t)
             self.counters.reserve_refusals += 1
             t.stage, t.retry_at = "wait", self.clock() + self.config.reserve_retry_s
+            self.waiting[t.rid] = t
             return
         p = least_loaded(self.view, "prefill")
         if p is None:
@@ -201,7 +205,7 @@ class Router:
 
     def _on_outputs(self, idx: int, r: m.Outputs) -> None:
         for o in r.items:
-            t = self.by_aid.get(o.rid)
+            t = self.by_aid.get(o.request_id)
             if t is None or t.stage != "run" or t.run_idx != idx:
                 continue
             if t.load.get(idx, [0, 0])[1]:
@@ -225,12 +229,19 @@ class Router:
             if t.stage == "prefill" and now > t.deadline:
                 self.counters.lease_timeouts += 1
                 self._cancel(t, redispatch=True)
-        for t in [t for t in self.requests.values() if t.stage == "wait" and now >= t.retry_at]:
+        for t in [t for t in self.waiting.values() if now >= t.retry_at]:
+            del self.waiting[t.rid]
             d = least_loaded(self.view, "decode")
             if d is None:
                 self._dispatch(t)
             else:
                 self._reserve(t, d)
+
+    def next_tick_at(self) -> float | None:
+        """When `tick` next has work (a refused reservation to ask again, a lease to expire)."""
+        times = [t.retry_at for t in self.waiting.values()]
+        times += [t.deadline for t in self.by_tid.values() if t.stage == "prefill"]
+        return min(times, default=None)
 
     def on_instance_dead(self, idx: int) -> None:
         s = self.view.get(idx)
@@ -261,15 +272,12 @@ class Router:
 
     # ----- outputs and bookkeeping -----
 
-    def _emit(self, t: Tracked, o: m.Out) -> None:
+    def _emit(self, t: Tracked, o: TokenOutput) -> None:
         t.generated.extend(o.new_token_ids)
-        t.text += o.new_text
         if t.num_cached_tokens is None:
             t.num_cached_tokens = o.num_cached_tokens
-        if o.finished and o.text is not None:
-            t.text = o.text
-        t.sink(RequestOutput(t.rid, t.prompt, list(t.generated), t.text, list(o.new_token_ids), o.new_text,
-                             o.finished, o.finish_reason, t.num_cached_tokens or 0, o.num_preemptions))
+        t.sink(TokenOutput(t.rid, list(o.new_token_ids), o.finished, o.finish_reason, t.num_cached_tokens or 0,
+                           o.num_preemptions))
         if o.finished:
             self._finish(t)
 
@@ -280,6 +288,7 @@ class Router:
 
     def _finish(self, t: Tracked) -> None:
         self._unload(t)
+        self.waiting.pop(t.rid, None)
         t.stage = "done"
         self.by_aid.pop(t.aid, None)
         self.requests.pop(t.rid, None)

@@ -23,10 +23,11 @@ BUSY_WINDOW_S = 1.0
 class LoadMeter:
     """Step time (moving average) and busy fraction over the last ~second, fed by the step loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.step_time_ms = 0.0
         self.num_steps = 0
-        self._window_start = time.monotonic()
+        self._window_start = clock()
         self._busy = 0.0
         self._last_fraction = 0.0
 
@@ -37,7 +38,7 @@ class LoadMeter:
         self._busy += seconds
 
     def busy_fraction(self) -> float:
-        now = time.monotonic()
+        now = self.clock()
         span = now - self._window_start
         if span >= BUSY_WINDOW_S:
             self._last_fraction = min(1.0, self._busy / span)

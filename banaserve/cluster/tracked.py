@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from banaserve.engine.outputs import RequestOutput
+from banaserve.engine.outputs import TokenOutput
 from banaserve.engine.sampling_params import SamplingParams
 
 
@@ -16,9 +16,8 @@ class Tracked:
     rid: str
     prompt: list[int]
     params: SamplingParams
-    sink: Callable[[RequestOutput | Exception], None]
+    sink: Callable[[TokenOutput | Exception], None]  # every output of the request, or its failure
     generated: list[int] = field(default_factory=list)
-    text: str = ""
     attempt: int = 0
     aid: str = ""
     stage: str = "new"  # new | reserve | wait | prefill | cancel | run | done

@@ -1,108 +1,67 @@
-"""The engine's one seam for moving KV in and out (after vLLM's connector contract).
+"""The engine's one seam for moving KV in and out (after vLLM v1's connector contract).
 
-Worker side, called by `LLMEngine.step` around the forward: `start_step` sees the batch before
-it runs, `after_layer(l)` fires as soon as layer l's KV of the step is written (the moment to
-save or send it, overlapping the rest of the forward), `end_step` runs before the step's tokens
-are committed. Scheduler side: `request_finished` may keep a finished request's blocks (return
-True) until the connector calls `release_blocks`, e.g. while an asynchronous send still reads
-them. PD transfer, the KV store and migration implement this contract.
+Scheduler side, called while a waiting request is admitted:
+- `num_loadable_tokens(req, num_local)`: how many tokens after the local prefix-cache hit
+  (`num_local`) can be loaded from elsewhere (a store, a peer). None means "not known yet": the
+  request stays waiting, without holding the step, and is asked again next step. The answer is
+  cut to whole blocks and so that the last prompt token is always computed (its logits).
+- `load_planned(req, block_ids, start, num_tokens)`: the scheduler counted tokens
+  [start, start + num_tokens) as computed; the connector must put their KV into those block ids
+  (`block_ids[i]` holds tokens [(first + i) * block_size, ...), first = start // block_size)
+  before any layer reads it.
+- `request_finished(req)`: True keeps a finished request's blocks (free with `release_blocks`).
 
-Two helpers let a KV mover place requests that did not start here: `add_request_with_history`
-(resume a request whose first output tokens were produced elsewhere, optionally with its KV
-already in place) and `install_kv_caches` (put the cache into memory others can reach).
+Worker side, called by the step around the forward:
+- `start_step(batch, block_tables)`: the batch about to run (num_computed_tokens is still the
+  chunk's start, loaded tokens included).
+- `before_layer(l)`: return once layer l's loaded KV is in the cache (loads overlap the layers
+  before it).
+- `after_layer(l)`: layer l's KV of the step is written (save or send it now).
+- `end_step()`: the forward is done; runs before the step is committed.
+- `failed_loads()`: request ids whose loads this step did not complete; the engine recomputes
+  them (their blocks are freed uncached, their sampled tokens dropped), so a failed load costs a
+  recompute, never a wrong token.
+
+A connector may load and save in the same step. PD transfer, the store and migration are
+implementations of this contract. All calls come from the engine's step thread.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
-from banaserve.engine.request import Request, RequestStatus
-from banaserve.engine.sampling_params import SamplingParams
-from banaserve.engine.tokenizer import IncrementalDetokenizer
-
 if TYPE_CHECKING:
-    from banaserve.engine.llm_engine import LLMEngine
+    from banaserve.engine.request import Request
     from banaserve.engine.scheduler import ScheduledBatch
 
 
 class KVConnector:
-    """No-op base: override what the mover needs. All calls come from the engine's step thread."""
+    """No-op base: override what the mover needs."""
 
-    def start_step(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]) -> None:
-        """The batch about to run (request.num_computed_tokens is still the chunk's start)."""
+    # ----- scheduler side -----
 
-    def after_layer(self, layer: int) -> None:
-        """Layer `layer`'s KV for every token of the step is in the cache."""
+    def num_loadable_tokens(self, req: Request, num_local: int) -> int | None:
+        return 0
 
-    def end_step(self) -> None:
-        """The forward is done; runs before the step's tokens are committed or outputs made."""
+    def load_planned(self, req: Request, block_ids: list[int], start: int, num_tokens: int) -> None:
+        """Called only when num_loadable_tokens answered > 0 and the scheduler admitted the request."""
 
     def request_finished(self, req: Request) -> bool:
-        """True to keep the request's blocks after it finished (free them with `release_blocks`)."""
         return False
 
+    # ----- worker side -----
 
-def release_blocks(engine: LLMEngine, request_id: str) -> None:
-    """Free the blocks of a finished request whose release `request_finished` delayed."""
-    engine.blocks.free(request_id)
+    def start_step(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]) -> None:
+        pass
 
+    def before_layer(self, layer: int) -> None:
+        pass
 
-def add_request_with_history(engine: LLMEngine, request_id: str, prompt_token_ids: list[int],
-                             params: SamplingParams, history: list[int],
-                             num_computed_tokens: int = 0) -> Request:
-    """Add a request whose first output tokens `history` were produced elsewhere.
+    def after_layer(self, layer: int) -> None:
+        pass
 
-    Outputs continue the same stream: token_ids and text include `history`, max_tokens counts
-    it, and the detokenizer is primed so new_text picks up where the other engine stopped.
-    With `num_computed_tokens` = 0 the whole of prompt + history is prefilled here (a re-run).
-    Otherwise the KV of the first `num_computed_tokens` tokens must already be in the request's
-    blocks (`engine.blocks.block_tables[request_id]`, reserved earlier) and the request starts
-    running right away, as a decode.
-    """
-    engine.add_request(request_id, prompt_token_ids=prompt_token_ids, params=params)
-    req = engine.requests[request_id]
-    vocab = engine.model_config.vocab_size
-    if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in history):
-        engine.abort_request(request_id)
-        raise ValueError(f"history token ids must be integers in [0, {vocab})")
-    req.all_token_ids.extend(history)
-    if history:
-        detok = engine.detokenizers[request_id]
-        prime_detokenizer(detok, history)
-        engine.emitted_text[request_id] = len(detok.text)
-    if num_computed_tokens:
-        table = engine.blocks.block_tables.get(request_id)
-        if not 0 < num_computed_tokens < req.num_tokens or table is None or \
-                len(table) < engine.blocks.blocks_for(num_computed_tokens):
-            engine.abort_request(request_id)
-            raise ValueError("remote-prefilled request has no reserved blocks for its KV")
-        engine.scheduler.waiting.remove(req)
-        req.num_computed_tokens = num_computed_tokens
-        req.status = RequestStatus.RUNNING
-        engine.scheduler.add_running(req)
-        engine.blocks.cache_computed(request_id, req.all_token_ids, num_computed_tokens)
-    return req
+    def end_step(self) -> None:
+        pass
 
-
-def prime_detokenizer(detok: IncrementalDetokenizer, token_ids: list[int]) -> None:
-    """Feed tokens one at a time, as the engine that produced them did, so the text matches theirs.
-
-    Decoding them in one go can differ at character boundaries from the token-by-token deltas
-    the client already received.
-    """
-    for t in token_ids:
-        detok.add([t])
-
-
-def install_kv_caches(engine: LLMEngine, caches: list[torch.Tensor]) -> None:
-    """Swap the engine's KV cache tensors for `caches` (same shapes and dtype), e.g. shared memory.
-
-    Only valid before the engine ran anything: the old caches' contents are not copied.
-    """
-    old = engine.runner.kv_caches
-    if len(caches) != len(old) or any(c.shape != o.shape or c.dtype != o.dtype
-                                      for c, o in zip(caches, old, strict=True)):
-        raise ValueError("replacement KV caches must match the engine's layout")
-    old[:] = caches
+    def failed_loads(self) -> set[str]:
+        return set()

@@ -8,13 +8,15 @@ import os
 import torch
 
 from banaserve.engine.config import EngineConfig
+from banaserve.engine.core import EngineCore
 from banaserve.engine.kv_connector import KVConnector
 from banaserve.engine.model_runner import ModelRunner, allocate_kv_caches, retain_freed_memory
+from banaserve.engine.output_processor import OutputProcessor
 from banaserve.engine.outputs import RequestOutput
 from banaserve.engine.request import Request
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.engine.scheduler import Scheduler, SchedulerConfig
-from banaserve.engine.tokenizer import IncrementalDetokenizer, TextTokenizer
+from banaserve.engine.tokenizer import TextTokenizer
 from banaserve.kv.block_manager import BlockManager
 from banaserve.models.loader import load_model, model_fingerprint, parse_dtype
 from banaserve.models.make_model import default_model_path
@@ -30,7 +32,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class LLMEngine:
-    """add_request / step / abort_request / has_unfinished_requests, for online use."""
+    """add_request / step / abort_request / has_unfinished_requests, for online use: the engine
+    core (token ids, core.py) behind an output processor (text, stop strings)."""
 
     def __init__(self, config: EngineConfig):
         config.validate()
@@ -62,11 +65,11 @@ class LLMEngine:
         ), self.blocks)
         self.runner = ModelRunner(model, kv, self.block_size, self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        self.requests: dict[str, Request] = {}
-        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
-        self.emitted_text: dict[str, int] = {}
+        self.core = EngineCore(self.scheduler, self.blocks, self.runner, self.max_model_len,
+                               mc.eos_token_ids, mc.vocab_size)
+        self.core.make_request = self._make_request
+        self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
-        self.connector: KVConnector | None = None
 
     def _auto_num_blocks(self) -> int:
         mc, cfg = self.model_config, self.config
@@ -81,8 +84,19 @@ class LLMEngine:
 
     def set_kv_connector(self, connector: KVConnector | None) -> None:
         """Attach the KV mover (see kv_connector.py) to the step loop and the scheduler."""
-        self.connector = connector
-        self.scheduler.connector = connector
+        self.core.set_kv_connector(connector)
+
+    @property
+    def connector(self) -> KVConnector | None:
+        return self.core.connector
+
+    @property
+    def requests(self) -> dict[str, Request]:
+        return self.core.requests
+
+    def _make_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
+        gen = self.generator if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
+        return Request(request_id, prompt_token_ids, params, generator=gen)
 
     # ----- requests -----
 
@@ -93,18 +107,11 @@ class LLMEngine:
         params = params or SamplingParams()
         params.validate()
         request_id = str(next(self._ids)) if request_id is None else request_id
-        if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
         token_ids = self.tokenize_prompt(prompt, prompt_token_ids)
-        self.check_fits(len(token_ids), params.max_tokens)
-        gen = self.generator if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
-        req = Request(request_id, token_ids, params, generator=gen)
+        req = self.core.add(request_id, token_ids, params)
         if arrival_time is not None:
             req.arrival_time = arrival_time
-        self.requests[request_id] = req
-        self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer)
-        self.emitted_text[request_id] = 0
-        self.scheduler.add(req)
+        self.outputs.add(request_id, token_ids, params)
         return request_id
 
     def tokenize_prompt(self, prompt: str | None, prompt_token_ids: list[int] | None) -> list[int]:
@@ -116,100 +123,34 @@ class LLMEngine:
             token_ids = self.tokenizer.encode(prompt)
         else:
             token_ids = list(prompt_token_ids)
-            vocab = self.model_config.vocab_size
-            if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in token_ids):
-                raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+            self.core.check_token_ids(token_ids)
         if not token_ids:
             raise ValueError("prompt is empty")
         return token_ids
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        if num_prompt_tokens >= self.max_model_len:
-            raise ValueError(f"prompt has {num_prompt_tokens} tokens but the model's context is "
-                             f"{self.max_model_len} tokens (at least one must be left for output)")
-        worst = min(num_prompt_tokens + max_tokens, self.max_model_len)
-        if self.blocks.blocks_for(worst) > self.num_blocks:
-            raise ValueError(f"request needs up to {worst} tokens of KV memory but this engine holds "
-                             f"{self.num_blocks * self.block_size}")
+        self.core.check_fits(num_prompt_tokens, max_tokens)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
-        req = self.requests.get(request_id)
-        if req is None or req.finished:
+        if self.core.abort(request_id) is None:
             return None
-        self.scheduler.finish(req, "abort")
-        return self._finish_output(req, [])
+        return self.outputs.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.core.has_unfinished_requests()
 
     # ----- stepping -----
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; return an output for every request that got a token."""
-        batch = self.scheduler.schedule()
-        if not batch.requests:
-            return []
-        conn = self.connector
-        if conn is None:
-            sampled = self.runner.execute(batch, self.blocks.block_tables)
-        else:
-            conn.start_step(batch, self.blocks.block_tables)
-            sampled = self.runner.execute(batch, self.blocks.block_tables, after_layer=conn.after_layer)
-            conn.end_step()
-        self.scheduler.commit(batch)
-        outputs = []
-        for req in batch.requests:
-            token = sampled.get(req.request_id)
-            if token is None:
-                continue
-            req.all_token_ids.append(token)
-            outputs.append(self._advance(req, token))
-        return outputs
-
-    def _advance(self, req: Request, token: int) -> RequestOutput:
-        p = req.params
-        detok = self.detokenizers[req.request_id]
-        detok.add([token])
-        reason = None
-        if not p.ignore_eos and token in self.model_config.eos_token_ids or token in p.stop_token_ids:
-            reason = "stop"
-        elif p.stop and self._truncate_at_stop(req, detok):
-            reason = "stop"
-        elif req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
-            reason = "length"
-        if reason is not None:
-            self.scheduler.finish(req, reason)
-            return self._finish_output(req, [token])
-        return self._output(req, [token], detok.text)
-
-    def _truncate_at_stop(self, req: Request, detok: IncrementalDetokenizer) -> bool:
-        longest = max(len(s) for s in req.params.stop)
-        start = max(0, self.emitted_text[req.request_id] - longest)
-        hits = [i for i in (detok.text.find(s, start) for s in req.params.stop) if i >= 0]
-        if not hits:
-            return False
-        detok.text = detok.text[:min(hits)]
-        return True
-
-    def _finish_output(self, req: Request, new_tokens: list[int]) -> RequestOutput:
-        detok = self.detokenizers.pop(req.request_id)
-        text = detok.text
-        if req.finish_reason != "stop" or not req.params.stop:
-            full = self.tokenizer.decode(req.output_token_ids)  # flush characters still incomplete
-            text = full if full.startswith(text) else text
-        out = self._output(req, new_tokens, text)
-        del self.requests[req.request_id], self.emitted_text[req.request_id]
-        return out
-
-    def _output(self, req: Request, new_tokens: list[int], text: str) -> RequestOutput:
-        sent = self.emitted_text[req.request_id]
-        self.emitted_text[req.request_id] = max(sent, len(text))
-        return RequestOutput(
-            request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
-            token_ids=req.output_token_ids, text=text, new_token_ids=new_tokens,
-            new_text=text[sent:], finished=req.finished, finish_reason=req.finish_reason,
-            num_cached_tokens=req.num_cached_tokens, num_preemptions=req.num_preemptions,
-        )
+        results = []
+        for token_out in self.core.step():
+            out, stopped = self.outputs.process(token_out)
+            if stopped:  # a stop string ended it: the core still runs it
+                self.core.abort(token_out.request_id)
+            if out is not None:
+                results.append(out)
+        return results
 
     # ----- introspection -----
 

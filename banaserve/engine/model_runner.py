@@ -16,14 +16,24 @@ from banaserve.engine.sampler import sample
 from banaserve.engine.scheduler import ScheduledBatch
 from banaserve.kv.cpu_kernel import kernel_supports, prefill_kernel_supports
 from banaserve.kv.paged_attention import AttentionMetadata, DecodeGroup, NativePrefill, PrefillChunk, SampledRows
+from banaserve.models.config import ModelConfig
 from banaserve.models.decoder import DecoderModel
+
+# What a step returns: the stage holding the final layer samples, so request id -> token for
+# every request whose last token was computed; any earlier stage hands on its output hidden
+# states [T, hidden], every row in the order prepare() lays the step's tokens out.
+StepOutput = dict[str, int] | torch.Tensor
 
 
 class ModelRunner:
-    """Owns the model and the KV cache tensors of one instance."""
+    """Owns the model (all layers, or a stage holding layers [a, b)) and the KV cache tensors of
+    one instance: one per held layer, layer i's at `kv_caches[i - a]`."""
 
     def __init__(self, model: DecoderModel, kv_caches: list[torch.Tensor], block_size: int,
                  device: torch.device):
+        start, end = model.layer_range
+        if len(kv_caches) != end - start:
+            raise ValueError(f"{len(kv_caches)} KV caches for the {end - start} layers [{start}, {end})")
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -31,6 +41,18 @@ class ModelRunner:
         self._workspace: torch.Tensor | None = None  # decode gather scratch, grown on demand
         self.native_decode = kernel_supports(kv_caches[0]) if kv_caches else False
         self.native_prefill = prefill_kernel_supports(kv_caches[0]) if kv_caches else False
+
+    @property
+    def layer_range(self) -> tuple[int, int]:
+        """Absolute [a, b) of the layers this runner holds; (0, num_layers) for a full model."""
+        return self.model.layer_range
+
+    def kv_cache(self, layer: int) -> torch.Tensor:
+        """The KV cache tensor of absolute layer `layer`, which this runner must hold."""
+        start, end = self.layer_range
+        if not start <= layer < end:
+            raise IndexError(f"layer {layer} is not held here (layers [{start}, {end}))")
+        return self.kv_caches[layer - start]
 
     def _decode_workspace(self, groups: list[DecodeGroup]) -> torch.Tensor | None:
         """Scratch big enough for the largest decode group's K and V blocks, kept across steps."""
@@ -86,7 +108,8 @@ class ModelRunner:
                                                [block_tables[r.request_id] for r in decodes])
         to_sample.sort(key=lambda e: e[0])  # by context, as decode groups want them
         rows = [row for _, row, _ in to_sample]
-        if rows != list(range(len(ids))):  # else (a pure decode step) every row is sampled, in order
+        # a pure decode step samples every row, in order; a stage short of the final layer samples none
+        if rows != list(range(len(ids))) and self.model.is_last:
             meta.sampled = SampledRows(
                 torch.tensor(rows, dtype=torch.int64).to(dev, non_blocking=True),
                 self._decode_groups(0, [ctx for ctx, _, _ in to_sample],
@@ -124,12 +147,27 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, block_tables: dict[str, list[int]],
-                after_layer: Callable[[int], None] | None = None) -> dict[str, int]:
-        """Run one step; return the sampled token of every request whose last token was computed."""
+                hidden_in: torch.Tensor | None = None,
+                before_layer: Callable[[int], None] | None = None,
+                after_layer: Callable[[int], None] | None = None) -> StepOutput:
+        """Run one step over the held layers (see StepOutput for what comes back).
+
+        The first stage embeds the step's input ids; a later one takes `hidden_in` [T, hidden], the
+        previous stage's output for the same batch. Every stage sees the same block tables, each
+        over its own layers' KV tensors. The hooks get absolute layer ids.
+        """
         input_ids, positions, meta, reqs = self.prepare(batch, block_tables)
-        hidden = self.model.embed(input_ids)
-        # the sampled rows' final hidden states alone (see forward_layers)
-        hidden = self.model.forward_layers(hidden, positions, meta, self.kv_caches, after_layer=after_layer)
+        if self.model.is_first != (hidden_in is None):
+            raise ValueError("the first stage embeds input ids and takes no hidden_in; a later stage needs it")
+        if hidden_in is not None and hidden_in.shape != (input_ids.shape[0], self.model.cfg.hidden_size):
+            raise ValueError(f"hidden_in {tuple(hidden_in.shape)} does not match the step's "
+                             f"{input_ids.shape[0]} tokens of width {self.model.cfg.hidden_size}")
+        hidden = self.model.embed(input_ids) if hidden_in is None else hidden_in
+        # on the last stage, the sampled rows' final hidden states alone (see forward_layers)
+        hidden = self.model.forward_layers(hidden, positions, meta, self.kv_caches,
+                                           before_layer=before_layer, after_layer=after_layer)
+        if not self.model.is_last:
+            return hidden
         if not reqs:
             return {}
         logits = self.model.logits(hidden).float()
@@ -137,7 +175,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: list[int], block_table: list[int]) -> torch.Tensor:
-        """Logits [T, V] (fp32) at every position of one prompt written into `block_table`'s pages."""
+        """Logits [T, V] (fp32) at every position of one prompt written into `block_table`'s pages.
+        Full models only: a stage has no embedding or no LM head."""
+        if self.layer_range != (0, self.model.cfg.num_layers):
+            raise ValueError(f"prompt_logits needs the full model, not layers {self.layer_range}")
         n, bs, dev = len(token_ids), self.block_size, self.device
         bt = torch.tensor(block_table, dtype=torch.int64)
         p = torch.arange(n)
@@ -166,6 +207,15 @@ def allocate_kv_caches(num_layers: int, num_blocks: int, block_size: int, num_kv
         return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
     nbytes = math.prod(shape) * dtype.itemsize
     return [_zeroed_pages(nbytes, prefault).view(dtype).view(shape) for _ in range(num_layers)]
+
+
+def allocate_stage_kv_caches(cfg: ModelConfig, layer_range: tuple[int, int], num_blocks: int,
+                             block_size: int, dtype: torch.dtype, device: torch.device,
+                             prefault: bool = True) -> list[torch.Tensor]:
+    """KV caches for layers [a, b) of `cfg`'s model only (b - a tensors, as ModelRunner wants)."""
+    start, end = layer_range
+    return allocate_kv_caches(end - start, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
+                              dtype, device, prefault)
 
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python's mmap module has no name for it before 3.13

@@ -1,8 +1,22 @@
-"""What the engine returns to callers."""
+"""What the engine returns: token outputs from the core, request outputs (with text) to callers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import msgspec
+
+
+class TokenOutput(msgspec.Struct, array_like=True):
+    """One step's progress of a request in token ids: what the engine core emits and what crosses
+    process boundaries (msgpack, as a compact array). Text is made from it by the front end."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finished: bool = False
+    finish_reason: str | None = None  # "length" | "stop" | "abort"
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
 
 
 @dataclass(slots=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from banaserve.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    # Only the annotation needs torch; the scheduler and simulator use Request without it.
+    import torch
 
 
 class RequestStatus(enum.Enum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from banaserve.engine.kv_connector import KVConnector
 from banaserve.engine.request import Request, RequestStatus
 from banaserve.kv.block_manager import BlockManager
 
@@ -46,7 +47,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
-        self.connector = None  # KVConnector: may keep a finished request's blocks (kv_connector.py)
+        self.connector: KVConnector | None = None  # loads KV from elsewhere, may keep finished blocks
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
@@ -79,25 +80,36 @@ class Scheduler:
             scheduled.append((req, n))
             budget -= n
             i += 1
+        skipped: list[Request] = []  # waiting for a connector's answer: they keep their place
         while (self.waiting and budget > 0 and not batch.preempted
                and len(self.running) < self.config.max_num_seqs):
             req = self.waiting[0]
             cached, keys = self.blocks.find_cached_prefix(req.all_token_ids)
             num_cached = len(cached) * self.blocks.block_size
-            remaining = req.num_tokens - num_cached
+            loadable = self._loadable(req, num_cached)
+            if loadable is None:
+                skipped.append(self.waiting.popleft())
+                continue
+            remaining = req.num_tokens - num_cached - loadable
             n = min(remaining, budget)
             if not self.config.enable_chunked_prefill and n < remaining:
                 break
-            if not self.blocks.allocate(req.request_id, num_cached + n, cached, keys):
+            if not self.blocks.allocate(req.request_id, num_cached + loadable + n, cached, keys):
                 break
             self.waiting.popleft()
+            if loadable:
+                bs = self.blocks.block_size
+                table = self.blocks.block_tables[req.request_id]
+                self.connector.load_planned(req, table[num_cached // bs:(num_cached + loadable) // bs],
+                                            num_cached, loadable)
             if req.num_preemptions == 0:
-                req.num_cached_tokens = num_cached
-            req.num_computed_tokens = num_cached
+                req.num_cached_tokens = num_cached + loadable
+            req.num_computed_tokens = num_cached + loadable
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             scheduled.append((req, n))
             budget -= n
+        self.waiting.extendleft(reversed(skipped))
         # the model runner wants multi-token chunks first, then a batch of single-token decodes
         scheduled.sort(key=lambda rn: rn[1] == 1)
         batch.requests = [r for r, _ in scheduled]
@@ -112,9 +124,32 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
-    def commit(self, batch: ScheduledBatch) -> None:
+    def _loadable(self, req: Request, num_cached: int) -> int | None:
+        """Tokens after the local hit the connector can load: whole blocks, never the last token."""
+        if self.connector is None:
+            return 0
+        n = self.connector.num_loadable_tokens(req, num_cached)
+        if n is None:
+            return None
+        bs = self.blocks.block_size
+        most = (req.num_tokens - 1) // bs * bs - num_cached
+        return max(0, min(n // bs * bs, most))
+
+    def recompute(self, reqs: list[Request]) -> None:
+        """Requests whose KV loads failed mid-step: free their blocks (none of them was published,
+        the step is not committed for them) and queue them first, to run from the start."""
+        for req in reqs:
+            if req.status is RequestStatus.RUNNING:
+                self.running.remove(req)
+                self._preempt(req)
+                req.num_preemptions -= 1  # not a preemption: do not count it as one
+                self.num_preemptions -= 1
+
+    def commit(self, batch: ScheduledBatch, skip: set[str] | frozenset[str] = frozenset()) -> None:
         """Account the step's computed tokens and publish newly full blocks to the prefix cache."""
         for req, n in zip(batch.requests, batch.num_tokens):
+            if req.request_id in skip:
+                continue
             req.num_computed_tokens += n
             self.blocks.cache_computed(req.request_id, req.all_token_ids, req.num_computed_tokens)
 

@@ -37,8 +37,27 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # a zero or negative size would surface later as a division by zero or an empty tensor
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+
     @classmethod
     def from_dict(cls, cfg: dict) -> ModelConfig:
+        """Parse a Hugging Face config.json dict; a missing or malformed key raises ValueError."""
+        if not isinstance(cfg, dict):
+            raise ValueError(f"model config must be a JSON object, got {type(cfg).__name__}")
+        try:
+            return cls._from_dict(cfg)
+        except KeyError as e:
+            raise ValueError(f"model config lacks {e.args[0]!r}") from None
+        except (TypeError, ZeroDivisionError) as e:
+            raise ValueError(f"bad model config: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, cfg: dict) -> ModelConfig:
         model_type = cfg.get("model_type", "")
         if model_type not in SUPPORTED_ARCHS:
             raise ValueError(
@@ -91,13 +110,35 @@ class ModelConfig:
                 cfg.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
         return cfg
 
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of K and V one token occupies across all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+        return 2 * self.num_layers * self.kv_dim * dtype_bytes
+
+    # Parameter counts (the simulator's cost model and weight sizes use them).
+
+    def attn_params(self) -> int:
+        """q, k, v and o projections of one layer, plus the q/k/v biases where the model has them."""
+        qkv = self.q_dim + 2 * self.kv_dim
+        return self.hidden_size * qkv + self.q_dim * self.hidden_size + (qkv if self.attention_bias else 0)
+
+    def mlp_params(self) -> int:
+        return 3 * self.hidden_size * self.intermediate_size  # gate, up, down
+
+    def layer_params(self) -> int:
+        norms = 2 * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)
+        return self.attn_params() + self.mlp_params() + norms
+
+    def embedding_params(self) -> int:
+        """Input embedding and LM head (one matrix when tied)."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
 
     def num_params(self) -> int:
-        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
-        attn = h * d * (self.num_heads * 2 + self.num_kv_heads * 2)
-        per_layer = attn + 3 * h * i + 2 * h
-        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed + h
+        return self.num_layers * self.layer_params() + self.embedding_params() + self.hidden_size  # + final norm

@@ -1,7 +1,9 @@
 """One decoder-only transformer covering the Llama, Mistral, Qwen2 and Qwen3 families.
 
 The forward runs any contiguous layer range [start, end) with hidden states in and out, so a
-full forward is embed -> layers[0:L] -> norm -> lm_head and a pipeline stage is any slice.
+full forward is embed -> layers[0:L] -> norm -> lm_head and a pipeline stage is any slice. A
+model may also hold only a slice [a, b) of the layers (weights for those alone): the seam for
+pipeline stages and layer migration.
 """
 
 from __future__ import annotations
@@ -100,43 +102,93 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(h)
 
 
-class DecoderModel(nn.Module):
-    """Embedding, decoder layers, final norm and LM head of a causal LM."""
+class HeldLayers(nn.ModuleDict):
+    """The decoder layers an instance holds, keyed by absolute layer index.
 
-    def __init__(self, cfg: ModelConfig):
+    Keys stay the absolute index so state-dict names stay `layers.{i}.…` (what the checkpoint
+    calls them) whichever slice is held; `layers[i]` takes the absolute index as an int.
+    """
+
+    def __getitem__(self, i: int | str) -> nn.Module:
+        return super().__getitem__(str(i))
+
+    def __contains__(self, i: int | str) -> bool:
+        return super().__contains__(str(i))
+
+
+class DecoderModel(nn.Module):
+    """Embedding, decoder layers, final norm and LM head of a causal LM, or a slice of it.
+
+    `layer_range=(a, b)` holds layers [a, b) only: the embedding only where a == 0 (the first stage
+    turns ids into hidden states), the final norm and LM head only where b == num_layers (the last
+    stage samples). With tied embeddings the last stage's LM head holds the embedding matrix itself.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_range: tuple[int, int] | None = None):
         super().__init__()
         self.cfg = cfg
+        start, end = layer_range if layer_range is not None else (0, cfg.num_layers)
+        if not 0 <= start < end <= cfg.num_layers:
+            raise ValueError(f"layer range [{start}, {end}) is not a non-empty slice of {cfg.num_layers} layers")
+        self.layer_range = (start, end)
         rope = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.rope = rope
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, rope) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+        self.embed_tokens: nn.Embedding | None = None
+        if self.is_first:
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = HeldLayers({str(i): DecoderLayer(cfg, i, rope) for i in range(start, end)})
+        self.norm: RMSNorm | None = None
+        self.lm_head: Linear | None = None
+        if self.is_last:
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            if cfg.tie_word_embeddings and self.embed_tokens is not None:
+                self.lm_head.weight = self.embed_tokens.weight
+
+    @property
+    def is_first(self) -> bool:
+        return self.layer_range[0] == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.layer_range[1] == self.cfg.num_layers
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.embed_tokens is None:
+            raise RuntimeError(f"layers {self.layer_range} hold no embedding: only the first stage embeds")
         return self.embed_tokens(input_ids)
 
     def forward_layers(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                       kv_caches: list[torch.Tensor], start: int = 0, end: int | None = None,
+                       kv_caches: list[torch.Tensor], start: int | None = None, end: int | None = None,
+                       before_layer: Callable[[int], None] | None = None,
                        after_layer: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Run layers [start, end) over flat hidden states [T, hidden].
+        """Run layers [start, end) (absolute indices, default: every held layer) over flat hidden
+        states [T, hidden]. `kv_caches` holds the held layers' caches, layer i's at i - layer_range[0].
+        `before_layer(i)` runs just before layer i (e.g. wait for its loaded KV), `after_layer(i)` just
+        after (its KV is ready to save or send).
 
         Where `meta.sampled` is set and the range ends at the final layer, only the sampled rows of
         its output are ever read: that layer writes every row's K/V, computes the rest for those
         rows alone, and the result is [S, hidden] in `meta.sampled.rows` order. At 2048 prompt
         tokens a step, most rows are not the last of their prompt, so this skips about 1/L of a
-        prefill's attention and MLP work.
+        prefill's attention and MLP work. A range short of the final layer returns every row, in order.
         """
-        end = self.cfg.num_layers if end is None else end
+        held_start, held_end = self.layer_range
+        start = held_start if start is None else start
+        end = held_end if end is None else end
+        if not held_start <= start <= end <= held_end:
+            raise ValueError(f"layers [{start}, {end}) are not within the held layers {self.layer_range}")
         last = self.cfg.num_layers - 1
         for i in range(start, end):
+            if before_layer is not None:
+                before_layer(i)
             only_sampled = i == last and meta.sampled is not None
-            hidden = self.layers[i](hidden, positions, meta, kv_caches[i], only_sampled)
+            hidden = self.layers[i](hidden, positions, meta, kv_caches[i - held_start], only_sampled)
             if after_layer is not None:
                 after_layer(i)
         return hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            raise RuntimeError(f"layers {self.layer_range} hold no LM head: only the last stage samples")
         return self.lm_head(self.norm(hidden))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -54,35 +56,45 @@ def skip_weight_init():
         nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
-def load_model(path: str, dtype: torch.dtype, device: torch.device) -> tuple[DecoderModel, ModelConfig]:
-    """Build the model without initialising it, then fill every parameter from the checkpoint."""
+def load_model(path: str, dtype: torch.dtype, device: torch.device,
+               layer_range: tuple[int, int] | None = None) -> tuple[DecoderModel, ModelConfig]:
+    """Build the model (or the slice of it holding layers [a, b), see DecoderModel) without
+    initialising it, then fill every parameter from the checkpoint. Only the held parts' tensors
+    are read, and only the shards holding them are opened."""
     cfg = ModelConfig.from_pretrained(path)
     with skip_weight_init():
-        model = DecoderModel(cfg)
+        model = DecoderModel(cfg, layer_range)
     files = weight_files(path)
-    handles = {f: safe_open(f, "pt", device="cpu") for f in set(files.values())}
+    handles: dict[str, Any] = {}  # shard -> open file, opened on first read
 
     def read(hf_name: str) -> torch.Tensor:
         if hf_name not in files:
             raise ValueError(f"checkpoint {path!r} lacks tensor {hf_name}")
-        return handles[files[hf_name]].get_tensor(hf_name)
+        file = files[hf_name]
+        if file not in handles:
+            handles[file] = safe_open(file, "pt", device="cpu")
+        return handles[file].get_tensor(hf_name)
 
+    tied = cfg.tie_word_embeddings
     for name, param in list(model.named_parameters()):
-        if cfg.tie_word_embeddings and name == "lm_head.weight":
-            continue
-        tensor = _read_param(name, read)
+        if tied and name == "lm_head.weight" and model.embed_tokens is not None:
+            continue  # shares embed_tokens' tensor, re-tied below
+        tensor = _read_param(name, read, tied)
         if tensor.shape != param.shape:
             raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected {tuple(param.shape)}")
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         setattr(module, attr, nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
-    if cfg.tie_word_embeddings:
+    if tied and model.lm_head is not None and model.embed_tokens is not None:
         model.lm_head.weight = model.embed_tokens.weight
     model.rope.build(device)
     return model.train(False), cfg  # inference mode for every module
 
 
-def _read_param(name: str, read) -> torch.Tensor:
+def _read_param(name: str, read: Callable[[str], torch.Tensor], tied: bool) -> torch.Tensor:
+    if name == "lm_head.weight" and tied:
+        # a last stage without the embedding: tied checkpoints store the matrix under its name only
+        return read("model.embed_tokens.weight")
     hf = name if name.startswith("lm_head") else "model." + name
     for fused, parts in FUSED.items():
         if f".{fused}." in hf:

@@ -8,7 +8,7 @@ Plain data only: the live router and the simulator both build these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 UNIFIED, PREFILL, DECODE = "unified", "prefill", "decode"
 ROLES = (UNIFIED, PREFILL, DECODE)
@@ -54,9 +54,22 @@ class ClusterView:
 
     instances: dict[int, InstanceStats] = field(default_factory=dict)
 
+    def publish(self, s: InstanceStats, now: float) -> None:
+        """An instance's fresh stats: take the fields it reports, keep the router's own."""
+        cur = self.instances.get(s.instance_id)
+        if cur is None or not cur.alive:
+            return
+        for name in ENGINE_FIELDS:
+            setattr(cur, name, getattr(s, name))
+        cur.updated_at = now
+
     def alive(self, role: str | None = None) -> list[InstanceStats]:
         """Live instances, in id order, optionally only those of `role`."""
         return [s for _, s in sorted(self.instances.items()) if s.alive and (role is None or s.role == role)]
 
     def get(self, instance_id: int) -> InstanceStats:
         return self.instances[instance_id]
+
+
+ROUTER_FIELDS = {"instance_id", "role", "alive", "inflight_requests", "inflight_prefill_tokens", "updated_at"}
+ENGINE_FIELDS = [f.name for f in fields(InstanceStats) if f.name not in ROUTER_FIELDS]

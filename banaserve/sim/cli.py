@@ -125,7 +125,7 @@ def run(args: argparse.Namespace, argv: list[str], wl: WorkloadConfig, setup: Si
             "events": sim.num_events,
             "requests_per_wall_s": round(len(specs) / wall, 1) if wall > 0 else None,
             "instances": sim.instance_summary(),
-            "reservation_refusals": sim.pd.num_refusals,
+            "reservation_refusals": sim.router.counters.reserve_refusals,
         },
     }
     if args.out:

@@ -1,13 +1,14 @@
-"""Shape of a simulated cluster and how its router picks instances (the shared policy functions)."""
+"""Shape of a simulated cluster, and what its live Router needs to run on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from banaserve.policies.routing import RoundRobin, least_loaded, round_robin
-from banaserve.policies.view import ClusterView
-from banaserve.sim.instance import SimInstance
+from banaserve.cluster import config as live
+from banaserve.cluster.messages import Hello
+from banaserve.policies.view import DECODE, PREFILL, UNIFIED
+from banaserve.sim.instance import InstanceConfig
+from banaserve.transfer.layout import KVLayout
 
 COLOCATED, DISAGG = "colocated", "disagg"
 ROUTINGS = ("least_loaded", "round_robin")
@@ -27,6 +28,7 @@ class ClusterConfig:
     kv_bytes_per_token: int = 0  # whole model, all layers
     num_layers: int = 1
     reserve_retry_s: float = 0.02  # as the live router (cluster/config.py)
+    control_latency_s: float = 0.0  # router <-> instance messages (live: ipc, tens of microseconds)
 
     def validate(self) -> None:
         if self.mode not in (COLOCATED, DISAGG):
@@ -36,17 +38,26 @@ class ClusterConfig:
             raise ValueError("every role needs at least one instance")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}")
+        if self.control_latency_s < 0:
+            raise ValueError(f"control latency must be >= 0, got {self.control_latency_s}")
+
+    def roles(self) -> list[str]:
+        """Role of each instance, by instance id (as the live ClusterConfig numbers them)."""
+        if self.mode == COLOCATED:
+            return [UNIFIED] * self.num_instances
+        return [PREFILL] * self.num_prefill + [DECODE] * self.num_decode
 
 
-Router = Callable[[list[SimInstance]], SimInstance]
+def router_config(c: ClusterConfig) -> live.ClusterConfig:
+    """The live router's settings for this cluster: KV is written in place, as over shm."""
+    cfg = live.ClusterConfig(mode=c.mode, instances=c.num_instances, prefill=c.num_prefill, decode=c.num_decode,
+                             transfer="shm", routing=c.routing, reserve_retry_s=c.reserve_retry_s)
+    cfg.validate()
+    return cfg
 
 
-def make_router(kind: str, role: str) -> Router:
-    """Pick an instance of `role` with the live router's policy functions over the instances' stats."""
-    cursor = RoundRobin()
-
-    def pick(insts: list[SimInstance]) -> SimInstance:
-        view = ClusterView({i.id: i.stats() for i in insts})
-        chosen = round_robin(view, cursor, role) if kind == "round_robin" else least_loaded(view, role)
-        return next(i for i in insts if i.id == chosen)
-    return pick
+def peers(roles: list[str], cfg: InstanceConfig) -> dict[int, Hello]:
+    """The Hello each simulated instance would have sent: decode instances take pushed KV."""
+    layout = KVLayout("sim", 1, cfg.block_size, 1, 1, "float32", cfg.num_blocks)
+    return {i: Hello(i, role, 0, layout, f"sim:{i}" if role == DECODE else None, None, cfg.max_model_len, 0, [])
+            for i, role in enumerate(roles)}

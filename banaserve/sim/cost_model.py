@@ -17,7 +17,7 @@ from typing import Protocol
 
 from banaserve.engine.scheduler import ScheduledBatch
 from banaserve.sim.hardware import HardwareSpec
-from banaserve.sim.model_configs import ModelSpec
+from banaserve.sim.model_configs import SimModel
 
 
 @dataclass(slots=True)
@@ -95,32 +95,33 @@ class RooflineCostModel:
     request_overhead_s = 0.0  # a datacenter front end runs on its own cores: no modelled delay
     neighbor_slowdown = 0.0  # one GPU (or TP group) per instance
 
-    def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int = 1):
+    def __init__(self, model: SimModel, hw: HardwareSpec, tp: int = 1):
+        c = model.config
         if tp < 1:
             raise ValueError(f"--tp must be >= 1, got {tp}")
-        if model.num_heads % tp:
-            raise ValueError(f"--tp {tp} does not divide the {model.num_heads} attention heads "
+        if c.num_heads % tp:
+            raise ValueError(f"--tp {tp} does not divide the {c.num_heads} attention heads "
                              f"of {model.name}")
         self.model, self.hw, self.tp = model, hw, tp
         b = model.dtype_bytes
         self.flops_rate = hw.peak_flops * hw.compute_efficiency
         self.byte_rate = hw.hbm_bandwidth * hw.memory_efficiency
         # KV heads are split across the TP group; with fewer KV heads than GPUs they are replicated
-        self.kv_heads_per_gpu = -(-model.num_kv_heads // tp)
-        self.q_heads_per_gpu = model.num_heads // tp
-        self.kv_token_layer_bytes = 2 * self.kv_heads_per_gpu * model.head_dim * b  # K+V, one layer
-        linear = (model.attn_params() + model.mlp_params()) / tp
+        self.kv_heads_per_gpu = -(-c.num_kv_heads // tp)
+        self.q_heads_per_gpu = c.num_heads // tp
+        self.kv_token_layer_bytes = 2 * self.kv_heads_per_gpu * c.head_dim * b  # K+V, one layer
+        linear = (c.attn_params() + c.mlp_params()) / tp
         self.linear_weight_bytes = linear * b
         self.linear_flops_per_token = 2 * linear
-        h, f = model.hidden_size, model.intermediate_size
+        h, f = c.hidden_size, c.intermediate_size
         # activations in and out of the matmuls, per token
-        self.act_bytes_per_token = b * (4 * h + (2 * model.q_dim + 2 * model.kv_dim + 4 * f) / tp)
-        self.attn_flops_per_pair = 4 * self.q_heads_per_gpu * model.head_dim  # QK^T and PV
-        self.q_bytes_per_token = 2 * self.q_heads_per_gpu * model.head_dim * b  # q in, out out
-        self.lm_head_weight_bytes = model.vocab_size * h * b / tp
-        self.lm_head_flops_per_row = 2 * model.vocab_size * h / tp
+        self.act_bytes_per_token = b * (4 * h + (2 * c.q_dim + 2 * c.kv_dim + 4 * f) / tp)
+        self.attn_flops_per_pair = 4 * self.q_heads_per_gpu * c.head_dim  # QK^T and PV
+        self.q_bytes_per_token = 2 * self.q_heads_per_gpu * c.head_dim * b  # q in, out out
+        self.lm_head_weight_bytes = c.vocab_size * h * b / tp
+        self.lm_head_flops_per_row = 2 * c.vocab_size * h / tp
         self.hidden_bytes_per_token = h * b
-        self.L = model.num_layers
+        self.L = c.num_layers
         self._base: dict[tuple[int, int], float] = {}  # (tokens, sampled) -> base_time
 
     def _roof(self, flops: float, nbytes: float) -> float:

@@ -1,24 +1,37 @@
-"""A simulated instance: the real Scheduler and BlockManager, with step times from a cost model.
+"""A simulated instance: the live instance's control logic with a cost-model runner.
 
-The step mirrors `LLMEngine.step`: schedule, run (here: advance the clock by the predicted step
-time), commit, then append a token to every request whose last token was computed and stop it
-at max_tokens or the context limit.
+The engine core (Scheduler, BlockManager, stop rule) and the InstanceHandler (reservations,
+admissions, prefill-only requests, aborts, outputs) are the live cluster's own objects. Two
+parts differ: the runner, which samples a fixed token and reports how long the step would take
+(the cost model), and the transport: messages go through the simulator's event queue and a
+prefill instance's KV goes over a simulated link (SimPusher).
+
+A step runs in two halves on simulated time: `begin_step` runs the core's step at once (nothing
+can observe the instance mid-step: the live instance only handles messages between steps), holds
+what it sends, and says when the step ends; `end_step` releases what it sent, then handles the
+messages that arrived meanwhile.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from banaserve.engine.request import Request, RequestStatus
-from banaserve.engine.sampling_params import SamplingParams
+from banaserve.cluster.decode_side import DecodeSide
+from banaserve.cluster.handler import InstanceHandler
+from banaserve.cluster.stats import LoadMeter
+from banaserve.engine.core import EngineCore
+from banaserve.engine.request import Request
 from banaserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from banaserve.kv.block_manager import BlockManager
 from banaserve.policies.view import DECODE, PREFILL, UNIFIED, InstanceStats
 from banaserve.sim.cost_model import CostModel, batch_shape
+from banaserve.sim.links import Link
+from banaserve.sim.pusher import SimPusher
 
 OUTPUT_TOKEN = 1  # simulated tokens carry no meaning; any id works for the block hashes
 ROOT_HASH = b"banaserve-sim"
+ADMIT_WAIT_S = 10.0  # as the live default (cluster/config.py); simulated transfers are written in place
 
 
 @dataclass(slots=True)
@@ -41,10 +54,30 @@ class InstanceConfig:
             raise ValueError(f"max_model_len must be > 1, got {self.max_model_len}")
 
 
-class SimInstance:
-    """One instance; the simulator calls begin_step / end_step and routes requests to it."""
+class CostModelRunner:
+    """The model runner of a simulated instance: every request whose last token is computed
+    samples OUTPUT_TOKEN, and `step_s` is what the step would have taken."""
 
-    def __init__(self, id: int, role: str, cfg: InstanceConfig, cost: CostModel):
+    def __init__(self, cost: CostModel):
+        self.cost = cost
+        self.step_s = 0.0
+        self.num_steps = 0
+
+    def execute(self, batch: ScheduledBatch, block_tables: dict[str, list[int]],
+                before_layer: Callable[[int], None] | None = None,
+                after_layer: Callable[[int], None] | None = None) -> dict[str, int]:
+        self.step_s = self.cost.step_time(batch_shape(batch))
+        self.num_steps += 1
+        return {r.request_id: OUTPUT_TOKEN for r, n in zip(batch.requests, batch.num_tokens)
+                if r.num_computed_tokens + n == r.num_tokens}
+
+
+class SimInstance:
+    """One instance. `send(msg)` hands a message to the transport (held while a step runs)."""
+
+    def __init__(self, id: int, role: str, cfg: InstanceConfig, cost: CostModel,
+                 send: Callable[[int, object], None], clock: Callable[[], float],
+                 link: Link | None = None, kv_bytes_per_token: int = 0, num_layers: int = 1):
         if role not in (UNIFIED, PREFILL, DECODE):
             raise ValueError(f"unknown role {role!r}")
         cfg.validate()
@@ -54,125 +87,80 @@ class SimInstance:
             max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs,
             max_model_len=cfg.max_model_len, enable_chunked_prefill=cfg.enable_chunked_prefill,
         ), self.blocks)
-        self.batch: ScheduledBatch | None = None
-        self.step_start = 0.0
+        self.runner = CostModelRunner(cost)
+        self.core = EngineCore(self.scheduler, self.blocks, self.runner, cfg.max_model_len)
+        self.pusher: SimPusher | None = None
+        if role == PREFILL:
+            self.pusher = SimPusher(link or Link(float("inf")), kv_bytes_per_token, num_layers)
+            self.core.set_kv_connector(self.pusher)
+        self._send = send
+        self.meter = LoadMeter(clock)
+        self.handler = InstanceHandler(id, role, 0, self.core, self._out, DecodeSide(self.core, None, ADMIT_WAIT_S,
+                                                                                      clock), self.pusher, self.meter)
+        self.busy = False
+        self.held: list[object] = []  # sent during the running step: released when it ends
+        self.inbox: list[object] = []  # arrived during the running step: handled when it ends
         self.busy_s = 0.0
         self.num_steps = 0
-        self.last_step_s = 0.0
-        # decode role: reservations waiting for their KV, and requests whose KV has arrived
-        self.reserved: set[str] = set()
-        self.admitting: deque[Request] = deque()
-        self.reserve_queue: deque[tuple[Request, bool]] = deque()  # reservations sent, not yet handled
 
-    @property
-    def busy(self) -> bool:
-        return self.batch is not None
+    def _out(self, msg: object) -> None:
+        if self.busy:
+            self.held.append(msg)
+        else:
+            self._send(self.id, msg)
 
-    def fits(self, num_prompt_tokens: int, max_tokens: int) -> str | None:
-        """Why a request can never run here (as LLMEngine.check_fits rejects it), or None."""
-        cfg = self.cfg
-        if num_prompt_tokens >= cfg.max_model_len:
-            return (f"prompt has {num_prompt_tokens} tokens but the model's context is "
-                    f"{cfg.max_model_len} tokens")
-        worst = min(num_prompt_tokens + max_tokens, cfg.max_model_len)
-        if self.blocks.blocks_for(worst) > cfg.num_blocks:
-            return f"request needs up to {worst} tokens of KV memory but the instance holds " \
-                   f"{cfg.num_blocks * cfg.block_size}"
-        return None
+    def deliver(self, msg: object) -> None:
+        """A message from the router: handled now if idle, else when the running step ends."""
+        if self.busy:
+            self.inbox.append(msg)
+        else:
+            self.handler.handle(msg)
 
-    def add(self, req: Request) -> None:
-        self.scheduler.add(req)
+    def has_work(self) -> bool:
+        return self.core.has_unfinished_requests()
 
     # ----- stepping -----
 
-    def begin_step(self, now: float) -> float | None:
-        """Schedule a step at `now`; returns when it ends, or None when there is nothing to run."""
-        sched = self.scheduler
-        while self.admitting:  # as the live instance does between steps (Scheduler.add_running)
-            sched.add_running(self.admitting.popleft())
-        batch = sched.schedule()
-        if not batch.requests:
-            return None
-        self.batch = batch
-        self.step_start = now
-        return now + self.cost.step_time(batch_shape(batch))
+    def begin_step(self, now: float, slowdown: float = 0.0) -> float | None:
+        """Run the next step from `now`; returns when it ends, or None when there is nothing to run.
 
-    def end_step(self, now: float) -> list[Request]:
-        """Commit the running step; returns the requests that computed their last token (sampled)."""
-        batch = self.batch
-        assert batch is not None, "end_step without a step"
-        self.scheduler.commit(batch)
-        self.batch = None
-        self.last_step_s = now - self.step_start
-        self.busy_s += self.last_step_s
+        `slowdown` stretches the compute (neighbours sharing the host, see the cost model)."""
+        if not self.core.has_unfinished_requests():
+            return None
+        self.busy = True
+        ran = self.runner.num_steps
+        self.handler.step()
+        if self.runner.num_steps == ran:  # nothing could be scheduled (no free blocks)
+            self.busy = False
+            return None
+        compute_end = now + self.runner.step_s * (1.0 + slowdown)
+        return self.pusher.push(now, compute_end) if self.pusher is not None else compute_end
+
+    def end_step(self, now: float, started: float) -> None:
+        """The step that began at `started` ends: release its messages, handle what arrived."""
+        self.busy = False
+        self.busy_s += now - started
         self.num_steps += 1
-        return [r for r in batch.requests if r.num_computed_tokens == len(r.all_token_ids)]
+        self.meter.record(now - started)
+        held, self.held = self.held, []
+        for msg in held:
+            self._send(self.id, msg)
+        inbox, self.inbox = self.inbox, []
+        for msg in inbox:
+            self.handler.handle(msg)
 
-    def append_token(self, req: Request) -> bool:
-        """Add a sampled token; finish the request (freeing its blocks) when it is done."""
-        tokens = req.all_token_ids
-        tokens.append(OUTPUT_TOKEN)
-        n = len(tokens)
-        if n - len(req.prompt_token_ids) >= req.params.max_tokens or n >= self.cfg.max_model_len:
-            self.scheduler.finish(req, "length")
-            return True
-        return False
+    # ----- checks and load -----
 
-    # ----- disaggregation (mirrors cluster/decode_side.py and kv_connector.add_request_with_history) -----
-
-    def reserve(self, request_id: str, prompt: list[int]) -> int | None:
-        """Decode role: hold blocks for the prompt's KV, taking this instance's prefix-cache hit.
-
-        Refused (None) when it would leave fewer free blocks than running requests (one block of
-        headroom each, so reservations never force preemptions). Returns the tokens already here.
-        """
-        blocks = self.blocks
-        cached, keys = blocks.find_cached_prefix(prompt)
-        need = blocks.blocks_for(len(prompt)) - len(cached)
-        if blocks.num_free_blocks - need < len(self.scheduler.running):
-            return None
-        if not blocks.allocate(request_id, len(prompt), cached, keys):
-            return None
-        self.reserved.add(request_id)
-        return len(cached) * blocks.block_size
-
-    def release(self, request_id: str) -> None:
-        """Decode role: give a reservation back (the request ended on its prefill instance)."""
-        self.reserved.discard(request_id)
-        self.blocks.free(request_id)
-
-    def admit(self, request_id: str, prompt: list[int], first_token: int, max_tokens: int) -> Request:
-        """Decode role: the prompt's KV is in the reserved blocks; the request runs from the next step."""
-        self.reserved.discard(request_id)
-        req = Request(request_id, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
-        req.all_token_ids.append(first_token)
-        req.num_computed_tokens = len(prompt)
-        req.status = RequestStatus.RUNNING
-        self.blocks.cache_computed(request_id, req.all_token_ids, len(prompt))
-        self.admitting.append(req)
-        return req
-
-    # ----- load -----
+    def fits(self, num_prompt_tokens: int, max_tokens: int) -> str | None:
+        """Why a request can never run here (the live front end answers 400), or None."""
+        try:
+            self.core.check_fits(num_prompt_tokens, max_tokens)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def stats(self) -> InstanceStats:
-        """What this instance would publish, plus the live router's own in-flight counts.
+        return self.handler.snapshot()
 
-        Simulated stats never lag, so the router-side counts are computed from the instance: the
-        requests assigned here and not finished (reservations included), and the prompt tokens of
-        those that have not produced a token here yet (the router drops them at the first output).
-        """
-        sched = self.scheduler
-        queued = unprefilled = 0
-        for reqs in (sched.waiting, sched.running):
-            for r in reqs:
-                queued += len(r.all_token_ids) - r.num_computed_tokens
-                if len(r.all_token_ids) == len(r.prompt_token_ids):
-                    unprefilled += len(r.prompt_token_ids)
-        running = len(sched.running) + len(self.admitting)
-        return InstanceStats(
-            instance_id=self.id, role=self.role, num_waiting=len(sched.waiting), num_running=running,
-            num_reserved=len(self.reserved), tokens_queued=queued, kv_blocks_used=self.blocks.num_used_blocks,
-            kv_blocks_total=self.cfg.num_blocks, step_time_ms=self.last_step_s * 1e3, num_steps=self.num_steps,
-            num_preemptions=sched.num_preemptions, inflight_prefill_tokens=unprefilled,
-            inflight_requests=len(sched.waiting) + running + len(self.reserved) + len(self.reserve_queue),
-        )
+    def running_requests(self) -> list[Request]:
+        return list(self.scheduler.running)

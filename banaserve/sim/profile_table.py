@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from banaserve.sim.cost_model import BatchShape
-from banaserve.sim.model_configs import ModelSpec
+from banaserve.sim.model_configs import SimModel, sim_model_from_hf
 
 SCHEMA = "banaserve-profile/1"
 SERVING_KEYS = ("step_overhead_s", "row_overhead_s", "request_overhead_s", "neighbor_slowdown")
@@ -30,7 +30,7 @@ class ProfileTable:
     decode_batch: list[int]
     context: list[int]
     step_time_s: list[list[list[float]]]
-    model: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields of the profiled model
+    model: dict[str, Any] = field(default_factory=dict)  # the profiled model (model_fields)
     engine: dict[str, Any] = field(default_factory=dict)  # engine settings it ran with
     meta: dict[str, Any] = field(default_factory=dict)  # device, threads, date, ...
     # what a live `banaserve serve` adds (sim/serving_calibration.py): step_overhead_s on every
@@ -65,8 +65,8 @@ class ProfileTable:
                                 or any(not (v >= 0) for v in self.chunk_cost.values())):
             raise ValueError(f"profile chunk_cost must hold {', '.join(CHUNK_KEYS)} >= 0")
 
-    def model_spec(self) -> ModelSpec:
-        return ModelSpec(**self.model)
+    def sim_model(self) -> SimModel:
+        return model_from_fields(self.model)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "meta": self.meta, "model": self.model, "engine": self.engine,
@@ -74,6 +74,44 @@ class ProfileTable:
                          "context": self.context},
                 "step_time_s": self.step_time_s, **({"serving": self.serving} if self.serving else {}),
                 **({"chunk_cost": self.chunk_cost} if self.chunk_cost else {})}
+
+
+# A profile's "model" object: flat shape fields (the schema's own names) -> config.json keys. The
+# names are those of the simulator's old ModelSpec, kept so that profiles written before and after
+# ModelConfig took over read the same, by either version.
+_FIELD_TO_HF = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+                "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+                "intermediate_size": "intermediate_size", "vocab_size": "vocab_size", "head_dim": "head_dim",
+                "tie_word_embeddings": "tie_word_embeddings", "attention_bias": "attention_bias",
+                "max_model_len": "max_position_embeddings"}
+_FIELD_DEFAULTS = {"head_dim": 0, "tie_word_embeddings": False, "attention_bias": False, "dtype_bytes": 2,
+                   "max_model_len": 4096}
+
+
+def model_fields(model: SimModel) -> dict[str, Any]:
+    """The "model" object a profile stores for `model`."""
+    c = model.config
+    return {"name": model.name, "num_layers": c.num_layers, "hidden_size": c.hidden_size,
+            "num_heads": c.num_heads, "num_kv_heads": c.num_kv_heads, "intermediate_size": c.intermediate_size,
+            "vocab_size": c.vocab_size, "head_dim": c.head_dim, "tie_word_embeddings": c.tie_word_embeddings,
+            "attention_bias": c.attention_bias, "dtype_bytes": model.dtype_bytes,
+            "max_model_len": c.max_position_embeddings}
+
+
+def model_from_fields(fields: dict[str, Any]) -> SimModel:
+    """The SimModel of a profile's "model" object (parsed by ModelConfig.from_dict, as config.json is)."""
+    unknown = set(fields) - set(_FIELD_TO_HF) - {"name", "dtype_bytes"}
+    if unknown:
+        raise ValueError(f"unknown model fields {', '.join(sorted(unknown))}")
+    if "name" not in fields:
+        raise ValueError("model lacks 'name'")
+    fields = {**_FIELD_DEFAULTS, **fields}
+    cfg: dict[str, Any] = {hf: fields[f] for f, hf in _FIELD_TO_HF.items() if f in fields}
+    # the fields do not name the architecture; the shape is all the cost model uses, and these two
+    # archs differ in it only by the attention bias the fields do record
+    cfg["model_type"] = "qwen2" if fields["attention_bias"] else "llama"
+    name = str(fields["name"])
+    return SimModel(name, sim_model_from_hf(cfg, name).config, int(fields["dtype_bytes"]))
 
 
 def is_profile(doc: object) -> bool:
@@ -93,7 +131,7 @@ def profile_from_json(doc: dict, where: str = "profile") -> ProfileTable:
             chunk_cost={str(k): float(v) for k, v in (doc.get("chunk_cost") or {}).items()},
         )
         table.validate()
-        table.model_spec()
+        table.sim_model()
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{where}: bad profile: {e}") from None
     return table

@@ -11,8 +11,6 @@ latencies, and on a busy host the step times are skewed, so a median would be bi
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -27,8 +25,8 @@ import torch
 from banaserve.engine.llm_engine import LLMEngine
 from banaserve.engine.request import RequestStatus
 from banaserve.engine.sampling_params import SamplingParams
-from banaserve.sim.model_configs import from_hf_config
-from banaserve.sim.profile_table import ProfileTable
+from banaserve.sim.model_configs import SimModel
+from banaserve.sim.profile_table import ProfileTable, model_fields
 
 FIRST_ID = 3  # token ids below are often special
 
@@ -250,9 +248,9 @@ def fit_chunk_cost(table: ProfileTable, chunk_times: dict[tuple[int, int], float
 def profile_engine(engine: LLMEngine, grid: ProfileGrid, threads: int, seed: int = 0,
                    progress: Callable[[str], None] | None = None) -> ProfileTable:
     """Measure `engine` over `grid` and describe the run (model shape, engine settings, device)."""
-    with open(os.path.join(engine.model_path, "config.json")) as f:
-        spec = from_hf_config(json.load(f), os.path.basename(os.path.normpath(engine.model_path)))
-    spec.dtype_bytes = engine.dtype.itemsize
+    # the shape the engine itself parsed, served in the dtype it ran
+    model = SimModel(os.path.basename(os.path.normpath(engine.model_path)), engine.model_config,
+                     engine.dtype.itemsize)
     cfg = engine.config
     started = time.time()
     profiler = Profiler(engine, seed)
@@ -260,7 +258,7 @@ def profile_engine(engine: LLMEngine, grid: ProfileGrid, threads: int, seed: int
     table = ProfileTable(
         prefill_tokens=list(grid.prefill_tokens), decode_batch=list(grid.decode_batch),
         context=list(grid.context), step_time_s=times,
-        model=dataclasses.asdict(spec),
+        model=model_fields(model),
         engine={"block_size": engine.block_size, "num_kv_blocks": engine.num_blocks,
                 "max_num_batched_tokens": cfg.max_num_batched_tokens, "max_num_seqs": cfg.max_num_seqs,
                 "max_model_len": engine.max_model_len, "enable_prefix_caching": cfg.enable_prefix_caching,

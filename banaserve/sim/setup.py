@@ -12,7 +12,7 @@ from banaserve.sim.cluster import COLOCATED, ClusterConfig
 from banaserve.sim.cost_model import CostModel, RooflineCostModel
 from banaserve.sim.hardware import hardware_from_dict, load_hardware
 from banaserve.sim.instance import InstanceConfig
-from banaserve.sim.model_configs import ModelSpec, load_model_spec
+from banaserve.sim.model_configs import SimModel, load_sim_model
 from banaserve.sim.profile_table import ProfileCostModel, ProfileTable, is_profile, profile_from_json
 
 
@@ -21,7 +21,7 @@ class SimSetup:
     cluster: ClusterConfig
     instance: InstanceConfig
     cost: CostModel
-    model: ModelSpec
+    model: SimModel
     hardware_name: str
     cost_kind: str  # "roofline" or "profile"
     tp: int = 1
@@ -42,7 +42,7 @@ def _pick(value, default):
     return default if value is None else value
 
 
-def cluster_config(args: argparse.Namespace, model: ModelSpec) -> ClusterConfig:
+def cluster_config(args: argparse.Namespace, model: SimModel) -> ClusterConfig:
     if args.mode == COLOCATED:
         if args.prefill is not None or args.decode is not None:
             raise ValueError("--prefill/--decode need --mode disagg (colocated takes --instances)")
@@ -56,7 +56,7 @@ def cluster_config(args: argparse.Namespace, model: ModelSpec) -> ClusterConfig:
         mode=args.mode, num_instances=_pick(args.instances, 1), num_prefill=_pick(args.prefill, 1),
         num_decode=_pick(args.decode, 1), routing=args.routing, link_bandwidth=args.link_gbps * 1e9 / 8,
         link_latency_s=args.link_latency_us * 1e-6, kv_bytes_per_token=model.kv_bytes_per_token(),
-        num_layers=model.num_layers,
+        num_layers=model.config.num_layers,
     )
     cluster.validate()
     return cluster
@@ -90,7 +90,7 @@ def build_setup(args: argparse.Namespace) -> SimSetup:
         table: ProfileTable = profile_from_json(doc, args.hardware)  # type: ignore[arg-type]
         if args.tp != 1:
             raise ValueError("--tp applies to the roofline model; a profile measured one instance as it is")
-        model = load_model_spec(args.model_config) if args.model_config else table.model_spec()
+        model = load_sim_model(args.model_config) if args.model_config else table.sim_model()
         eng = table.engine
         defaults = {"block_size": eng.get("block_size", 16),
                     "max_num_batched_tokens": eng.get("max_num_batched_tokens", 2048),
@@ -104,7 +104,7 @@ def build_setup(args: argparse.Namespace) -> SimSetup:
         return SimSetup(cluster_config(args, model), instance, cost, model, name, "profile")
     if args.model_config is None:
         raise ValueError("--model-config is required with a roofline hardware spec")
-    model = load_model_spec(args.model_config)
+    model = load_sim_model(args.model_config)
     hw = hardware_from_dict(doc, args.hardware) if doc is not None else load_hardware(args.hardware)
     cost = RooflineCostModel(model, hw, args.tp)
     engine = EngineConfig()

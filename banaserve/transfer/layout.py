@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import msgspec
-import torch
+from typing import TYPE_CHECKING
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+import msgspec
+
+if TYPE_CHECKING:  # the control plane (router, simulator) reads layouts without torch
+    import torch
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 class TransferRefused(RuntimeError):
@@ -31,16 +34,18 @@ class KVLayout(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, fingerprint: bytes, kv_caches: list[torch.Tensor]) -> KVLayout:
         _, nb, bs, h, d = kv_caches[0].shape
-        return cls(fingerprint.hex(), len(kv_caches), bs, h, d, DTYPE_NAMES[kv_caches[0].dtype], nb)
+        dtype = str(kv_caches[0].dtype).removeprefix("torch.")
+        return cls(fingerprint.hex(), len(kv_caches), bs, h, d, dtype, nb)
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+        return getattr(torch, self.dtype)
 
     @property
     def block_bytes(self) -> int:
         """Bytes of one block of one layer, keys and values together."""
-        return 2 * self.block_size * self.num_kv_heads * self.head_dim * self.torch_dtype.itemsize
+        return 2 * self.block_size * self.num_kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
 
     @property
     def layer_bytes(self) -> int:
@@ -65,7 +70,7 @@ class KVLayout(msgspec.Struct, frozen=True):
 
     def validate(self) -> None:
         """Reject layouts read from the wire whose sizes make no sense."""
-        if self.dtype not in DTYPES:
+        if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"unknown KV dtype {self.dtype!r}")
         for name in ("num_layers", "block_size", "num_kv_heads", "head_dim", "num_blocks"):
             v = getattr(self, name)

@@ -3,10 +3,10 @@
 import os
 
 from banaserve.cluster.decode_side import DecodeSide
+from banaserve.cluster.instance import install_kv_caches
 from banaserve.cluster.messages import Admit, PushSpec, Reserve
 from banaserve.cluster.pd_connector import PushConnector
 from banaserve.engine.config import EngineConfig
-from banaserve.engine.kv_connector import add_request_with_history, install_kv_caches
 from banaserve.engine.llm_engine import LLMEngine
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.transfer.layout import KVLayout
@@ -28,7 +28,7 @@ def test_chunked_prefill_push_then_decode_matches_local(tiny_llama):
     prompt = [(i * 37) % 900 + 3 for i in range(45)]
     greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
     local = engine(tiny_llama)
-    add_request_with_history(local, "x", prompt, greedy, [])
+    local.add_request("x", params=greedy, prompt_token_ids=prompt)
     want = [o for o in run(local) if o.finished][0].token_ids
 
     dec = engine(tiny_llama)
@@ -36,9 +36,9 @@ def test_chunked_prefill_push_then_decode_matches_local(tiny_llama):
     seg = ShmKVSegment.create(name, KVLayout.of(dec.fingerprint, dec.runner.kv_caches))
     try:
         install_kv_caches(dec, seg.tensors)
-        side = DecodeSide(dec, None, 1.0)
+        side = DecodeSide(dec.core, None, 1.0)
         # the decode side already computed the first 16 tokens (a prefix-cache hit): never pushed
-        add_request_with_history(dec, "warm", prompt[:20], SamplingParams(max_tokens=1), [])
+        dec.add_request("warm", params=SamplingParams(max_tokens=1), prompt_token_ids=prompt[:20])
         run(dec)
         reserved = side.reserve(Reserve(1, "x", prompt))
         assert reserved.ok and reserved.skip_tokens == 16 and len(reserved.blocks) == 6
@@ -47,15 +47,19 @@ def test_chunked_prefill_push_then_decode_matches_local(tiny_llama):
         conn = PushConnector(pre.runner.kv_caches, KVLayout.of(pre.fingerprint, pre.runner.kv_caches))
         pre.set_kv_connector(conn)
         conn.add("x", PushSpec(1, "shm", name, reserved.blocks, reserved.skip_tokens), len(prompt))
-        add_request_with_history(pre, "x", prompt, SamplingParams(max_tokens=1, temperature=0.0), [])
-        first = run(pre)
-        assert conn.results == {"x": None} and first[0].token_ids == want[:1]
+        pre.core.add("x", prompt, SamplingParams(max_tokens=1, temperature=0.0))
+        first = pre.core.step()
+        while pre.has_unfinished_requests():
+            first += pre.core.step()
+        assert conn.results == {"x": None} and first[-1].new_token_ids == want[:1]
         # chunks [0,12) [12,24) [24,36) [36,45): blocks 2 | 3 4 | 4 5 (block 4 again once complete)
         assert conn.bytes_pushed == 4 * conn.layout.block_bytes * (1 + 2 + 2)
         assert "x" not in pre.blocks.block_tables  # freed on finish: every push was done by then
-        assert side.admit(Admit(1, "x", prompt, greedy, first[0].token_ids)) is None
-        rest = [o for o in run(dec) if o.finished][0]
-        assert rest.token_ids == want
+        assert side.admit(Admit(1, "x", prompt, greedy, want[:1])) is None
+        rest = []
+        while dec.has_unfinished_requests():
+            rest += [t for o in dec.core.step() for t in o.new_token_ids]
+        assert want[:1] + rest == want
         assert dec.blocks.num_used_blocks == 0 and pre.blocks.num_used_blocks == 0
         conn.close()
     finally:
@@ -65,7 +69,7 @@ def test_chunked_prefill_push_then_decode_matches_local(tiny_llama):
 
 def test_connector_may_keep_blocks_of_finished_requests(tiny_llama):
     """The scheduler-side hook: blocks stay held until the connector releases them."""
-    from banaserve.engine.kv_connector import KVConnector, release_blocks
+    from banaserve.engine.kv_connector import KVConnector
 
     class Keep(KVConnector):
         def __init__(self):
@@ -82,9 +86,9 @@ def test_connector_may_keep_blocks_of_finished_requests(tiny_llama):
     e = engine(tiny_llama)
     conn = Keep()
     e.set_kv_connector(conn)
-    add_request_with_history(e, "k", list(range(3, 30)), SamplingParams(max_tokens=2, temperature=0.0), [])
+    e.add_request("k", params=SamplingParams(max_tokens=2, temperature=0.0), prompt_token_ids=list(range(3, 30)))
     run(e)
     assert conn.kept == ["k"] and conn.layers[:4] == [0, 1, 2, 3]
     assert e.blocks.num_used_blocks == 4  # 28 tokens of KV in blocks of 8, still held
-    release_blocks(e, "k")
+    e.blocks.free("k")  # the connector releases them
     assert e.blocks.num_used_blocks == 0

@@ -6,6 +6,7 @@ from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.router import Router
 from banaserve.cluster.tracked import Tracked
+from banaserve.engine.outputs import TokenOutput
 from banaserve.engine.sampling_params import SamplingParams
 from banaserve.policies.view import ClusterView, InstanceStats
 from banaserve.transfer.layout import KVLayout
@@ -45,8 +46,8 @@ class Rig:
         return t, reserve, add
 
 
-def out(rid: str, tok: int, finished: bool = False) -> m.Out:
-    return m.Out(rid, [tok], "x", finished, "length" if finished else None, "x" if finished else None)
+def out(rid: str, tok: int, finished: bool = False) -> TokenOutput:
+    return TokenOutput(rid, [tok], finished, "length" if finished else None)
 
 
 def test_happy_path_admits_on_decode_and_streams():
@@ -57,7 +58,7 @@ def test_happy_path_admits_on_decode_and_streams():
     (i, admit), = rig.take()
     assert i == d and isinstance(admit, m.Admit) and admit.history == [42]
     rig.router.on_message(d, m.Outputs([out(add.rid, 43, finished=True)]))
-    assert [o.token_ids for o in rig.outputs] == [[42], [42, 43]]
+    assert [o.new_token_ids for o in rig.outputs] == [[42], [43]] and {o.request_id for o in rig.outputs} == {"r"}
     assert rig.outputs[-1].finished and not rig.router.requests and not rig.router.by_tid
     assert all(s.inflight_requests == 0 and s.inflight_prefill_tokens == 0 for s in rig.view.instances.values())
 

@@ -37,8 +37,9 @@ def test_eos_stops_unless_ignored(llm):
     eos = llm.engine.model_config.eos_token_ids[0]
     base = llm.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=SamplingParams(max_tokens=6, temperature=0,
                                                                                     ignore_eos=True))[0]
-    # make the model's own 2nd greedy token the EOS token by declaring it so
-    llm.engine.model_config.eos_token_ids = [base.token_ids[1]]
+    # make the model's own 2nd greedy token the EOS token by declaring it so (the core's stop rule)
+    core = llm.engine.core
+    core.eos_token_ids = frozenset([base.token_ids[1]])
     try:
         out = llm.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=SamplingParams(max_tokens=6, temperature=0))[0]
         first = base.token_ids.index(base.token_ids[1])  # it may occur already at position 0
@@ -47,7 +48,7 @@ def test_eos_stops_unless_ignored(llm):
                            sampling_params=SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))[0]
         assert out.token_ids == base.token_ids
     finally:
-        llm.engine.model_config.eos_token_ids = [eos]
+        core.eos_token_ids = frozenset([eos])
 
 
 def test_seeded_sampling_is_batch_independent(llm):

@@ -6,7 +6,7 @@ from banaserve.engine.scheduler import Scheduler, SchedulerConfig
 from banaserve.kv.block_manager import BlockManager
 from banaserve.sim.cost_model import BatchShape, RooflineCostModel, batch_shape
 from banaserve.sim.hardware import load_hardware
-from banaserve.sim.model_configs import load_model_spec
+from banaserve.sim.model_configs import load_sim_model
 
 
 def prefill_shape(n: int) -> BatchShape:
@@ -20,7 +20,7 @@ def decode_shape(batch: int, ctx: int) -> BatchShape:
 
 def test_decode_batch1_is_weight_bandwidth_bound():
     """Physics: llama2-13b on A100, batch 1 decode within 20% of weight bytes / HBM bandwidth."""
-    model, hw = load_model_spec("llama2-13b"), load_hardware("a100-80g")
+    model, hw = load_sim_model("llama2-13b"), load_hardware("a100-80g")
     t = RooflineCostModel(model, hw).step_time(decode_shape(1, 512))
     ideal = model.weight_bytes() / hw.hbm_bandwidth
     assert ideal < t < 1.2 * ideal
@@ -28,18 +28,19 @@ def test_decode_batch1_is_weight_bandwidth_bound():
 
 def test_prefill_2048_is_compute_bound():
     """Physics: a 2048-token prefill within 20% of FLOPs / (peak * compute efficiency)."""
-    model, hw = load_model_spec("llama2-13b"), load_hardware("a100-80g")
+    model, hw = load_sim_model("llama2-13b"), load_hardware("a100-80g")
     n = 2048
     t = RooflineCostModel(model, hw).step_time(prefill_shape(n))
     # textbook count: 2 FLOPs per weight per token + causal attention (QK^T and PV)
-    dense = model.num_params() - model.embedding_params()
-    flops = 2 * n * dense + 4 * model.num_layers * model.hidden_size * n * (n + 1) / 2
+    c = model.config
+    dense = c.num_params() - c.embedding_params()
+    flops = 2 * n * dense + 4 * c.num_layers * c.hidden_size * n * (n + 1) / 2
     ideal = flops / (hw.peak_flops * hw.compute_efficiency)
     assert 0.8 * ideal < t < 1.2 * ideal
 
 
 def test_step_time_grows_with_work():
-    c = RooflineCostModel(load_model_spec("llama3-8b"), load_hardware("h100"))
+    c = RooflineCostModel(load_sim_model("llama3-8b"), load_hardware("h100"))
     assert c.step_time(decode_shape(1, 128)) < c.step_time(decode_shape(64, 128)) < \
         c.step_time(decode_shape(64, 4096))
     assert c.step_time(prefill_shape(128)) < c.step_time(prefill_shape(1024)) < \
@@ -48,7 +49,7 @@ def test_step_time_grows_with_work():
 
 
 def test_tensor_parallel_splits_work_and_adds_allreduce():
-    model, hw = load_model_spec("llama3-70b"), load_hardware("h100")
+    model, hw = load_sim_model("llama3-70b"), load_hardware("h100")
     tp2, tp4 = RooflineCostModel(model, hw, tp=2), RooflineCostModel(model, hw, tp=4)
     assert tp4.step_time(prefill_shape(2048)) < tp2.step_time(prefill_shape(2048))
     assert tp4.allreduce_time(2048) > 0 and RooflineCostModel(model, hw, tp=1).allreduce_time(2048) == 0
@@ -57,12 +58,12 @@ def test_tensor_parallel_splits_work_and_adds_allreduce():
 
 
 def test_kv_capacity_and_weights_that_do_not_fit():
-    model, hw = load_model_spec("llama3-8b"), load_hardware("h100")
+    model, hw = load_sim_model("llama3-8b"), load_hardware("h100")
     tokens = RooflineCostModel(model, hw).kv_capacity_tokens()
     expected = (hw.memory_bytes * hw.memory_utilization - model.weight_bytes()) / model.kv_bytes_per_token()
     assert tokens == int(expected)
     with pytest.raises(ValueError, match="raise --tp"):
-        RooflineCostModel(load_model_spec("llama3-70b"), hw).kv_capacity_tokens()
+        RooflineCostModel(load_sim_model("llama3-70b"), hw).kv_capacity_tokens()
     with pytest.raises(ValueError, match="does not divide"):
         RooflineCostModel(model, hw, tp=3)
 

@@ -1,9 +1,11 @@
-"""The PD flow (sim/pd.py) on small clusters, checked by hand against the live router's rules."""
+"""The PD flow (the live Router and InstanceHandler on simulated time), checked by hand."""
 
 import dataclasses
 
 import pytest
 
+from banaserve.cluster import messages as m
+from banaserve.engine.sampling_params import SamplingParams
 from banaserve.sim.cluster import ClusterConfig
 from banaserve.sim.links import Link
 from tests.sim.helpers import LinearCost, simulator, spec
@@ -39,20 +41,28 @@ def test_disagg_decode_reservation_waits_for_free_blocks():
     first, second = sim.run([spec(0, 0.0, 100, 20), spec(1, 0.0, 100, 20)])
     assert first.ok and second.ok
     assert second.first_token_s > first.end_s
-    assert sim.pd.num_refusals > 0
+    assert sim.router.counters.reserve_refusals > 0
     assert all(i.blocks.num_used_blocks == 0 for i in sim.instances)
 
 
 def test_disagg_reservation_keeps_a_block_per_running_request():
     # 10 blocks; a request decoding with 8 blocks leaves 2 free: a 1-block reservation would
-    # leave 1 free block for 1 running request (allowed), a 2-block one 0 (refused)
+    # leave 1 free block for 1 running request (allowed), a 2-block one 0 (refused). The decode
+    # instance's handler (the live one) answers the router's messages.
     sim = simulator(DISAGG, num_blocks=10)
     d = sim.decode[0]
-    assert d.reserve("a", list(range(3, 123))) == 0  # 120 tokens: 8 blocks
-    d.admit("a", list(range(3, 123)), 7, 10)
-    d.begin_step(0.0)
-    assert d.reserve("b", list(range(500, 532))) is None  # 2 blocks
-    assert d.reserve("c", list(range(500, 510))) == 0  # 1 block
+    sent = []
+    d._send = lambda idx, msg: sent.append(msg)
+    greedy = SamplingParams(max_tokens=10, ignore_eos=True)
+    d.deliver(m.Reserve(1, "a", list(range(3, 123))))  # 120 tokens: 8 blocks
+    assert sent.pop() == m.Reserved(1, True, list(range(8)), 0)
+    d.deliver(m.Admit(1, "a", list(range(3, 123)), greedy, [7]))
+    assert d.begin_step(0.0) is not None
+    d.end_step(0.012, 0.0)
+    d.deliver(m.Reserve(2, "b", list(range(500, 532))))  # 2 blocks
+    assert not sent.pop().ok
+    d.deliver(m.Reserve(3, "c", list(range(500, 510))))  # 1 block
+    assert sent.pop().ok
 
 
 def test_disagg_reservation_is_answered_between_decode_steps():

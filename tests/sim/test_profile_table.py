@@ -3,16 +3,27 @@ import json
 import pytest
 
 from banaserve.sim.cost_model import BatchShape
-from banaserve.sim.model_configs import load_model_spec
-from banaserve.sim.profile_table import ProfileCostModel, ProfileTable, load_profile, profile_from_json
+from banaserve.sim.model_configs import load_sim_model
+from banaserve.sim.profile_table import (
+    ProfileCostModel,
+    ProfileTable,
+    load_profile,
+    model_fields,
+    profile_from_json,
+)
+
+# The "model" object of a profile written before the simulator used ModelConfig (its ModelSpec
+# fields, as `banaserve profile` wrote them for a tiny fp32 qwen2 checkpoint).
+LEGACY_MODEL = {"name": "qwen2-tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2,
+                "intermediate_size": 128, "vocab_size": 512, "head_dim": 16, "tie_word_embeddings": True,
+                "attention_bias": True, "dtype_bytes": 4, "max_model_len": 1024}
 
 
 def table() -> ProfileTable:
     """t = 1 + P/100 + B*(1 + C/1000) ms-ish units: multilinear, so interpolation is exact."""
     P, B, C = [0, 100, 400], [0, 1, 4], [100, 1000]
     times = [[[1 + p / 100 + b * (1 + c / 1000) for c in C] for b in B] for p in P]
-    spec = load_model_spec("llama2-7b")
-    return ProfileTable(P, B, C, times, model={f: getattr(spec, f) for f in spec.__slots__},
+    return ProfileTable(P, B, C, times, model=model_fields(load_sim_model("llama2-7b")),
                         engine={"num_kv_blocks": 100}, meta={"device": "cpu"})
 
 
@@ -59,7 +70,23 @@ def test_json_round_trip(tmp_path):
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(table().to_json()))
     back = load_profile(str(path))
-    assert back.step_time_s == table().step_time_s and back.model_spec().name == "llama2-7b"
+    assert back.step_time_s == table().step_time_s and back.sim_model() == load_sim_model("llama2-7b")
+
+
+def test_profiles_written_with_model_spec_fields_still_read():
+    doc = table().to_json()
+    doc["model"] = dict(LEGACY_MODEL)
+    model = profile_from_json(doc).sim_model()
+    c = model.config
+    assert (model.name, model.dtype_bytes, model.max_model_len) == ("qwen2-tiny", 4, 1024)
+    assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim) == (2, 64, 4, 2, 16)
+    assert c.attention_bias and c.tie_word_embeddings
+    assert model_fields(model) == LEGACY_MODEL  # and written back unchanged
+    # ModelSpec's defaults held for fields a hand-written profile left out
+    short = {k: v for k, v in LEGACY_MODEL.items() if k not in ("head_dim", "dtype_bytes", "max_model_len")}
+    doc["model"] = short
+    model = profile_from_json(doc).sim_model()
+    assert (model.config.head_dim, model.dtype_bytes, model.max_model_len) == (16, 2, 4096)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -67,6 +94,9 @@ def test_json_round_trip(tmp_path):
     (lambda d: d["axes"].update(decode_batch=[1, 2, 4]), "start at 0"),
     (lambda d: d["step_time_s"].pop(), "does not match"),
     (lambda d: d.pop("model"), "model"),
+    (lambda d: d["model"].update(num_layers=0), "num_layers must be positive"),
+    (lambda d: d["model"].update(num_experts=8), "unknown model fields num_experts"),
+    (lambda d: d["model"].pop("hidden_size"), "lacks 'hidden_size'"),
     (lambda d: d["step_time_s"][0][0].__setitem__(0, -1.0), ">= 0"),
 ])
 def test_bad_profiles(change, match):

@@ -22,7 +22,7 @@ class TextStream:
     params: SamplingParams
     detok: IncrementalDetokenizer
     token_ids: list[int]
-    sent: int = 0  # characters of text already given to the caller
+    sent: int = 0  # characters of text already given to the caller (new_text so far)
     num_cached_tokens: int | None = None
 
 
@@ -62,8 +62,11 @@ class OutputProcessor:
             if reason != "stop" or not s.params.stop:
                 full = self.tokenizer.decode(s.token_ids)  # flush characters still incomplete
                 text = full if full.startswith(text) else text
-        new_text = text[s.sent:]
-        s.sent = max(s.sent, len(text))
+        # while running, hold back what could still be the start of a stop string: a client must
+        # never see a piece of one (as vLLM's detokenizer does)
+        end = len(text) if finished or not s.params.stop else len(text) - max(map(len, s.params.stop)) + 1
+        new_text = text[s.sent:end]
+        s.sent = max(s.sent, end)
         return RequestOutput(out.request_id, s.prompt_token_ids, list(s.token_ids), text,
                              list(out.new_token_ids), new_text, finished, reason if finished else None,
                              s.num_cached_tokens or 0, out.num_preemptions), cut_by_stop_string

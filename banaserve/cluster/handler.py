@@ -141,7 +141,7 @@ class InstanceHandler:
         return m.PrefillDone(o.request_id, po.tid, error is None, error or "", out)
 
     def snapshot(self) -> InstanceStats:
-        c, s, blocks = self.core, self.core.scheduler, self.core.blocks
+        s, blocks = self.core.scheduler, self.core.blocks
         queued = sum(r.num_tokens - r.num_computed_tokens for r in s.waiting)
         queued += sum(r.num_tokens - r.num_computed_tokens for r in s.running)
         p = self.pusher
@@ -154,4 +154,3 @@ class InstanceHandler:
             num_preemptions=s.num_preemptions, bytes_pushed=p.bytes_pushed if p else 0,
             bytes_received=self.decode.bytes_received,
             transfers_ok=p.transfers_ok if p else 0, transfers_failed=p.transfers_failed if p else 0)
-        del c

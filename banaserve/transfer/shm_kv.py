@@ -17,11 +17,14 @@ import glob
 import mmap
 import os
 import re
+from typing import TYPE_CHECKING
 
 import msgspec
-import torch
 
 from banaserve.transfer.layout import KVLayout
+
+if TYPE_CHECKING:
+    import torch
 
 SHM_DIR = "/dev/shm"
 PREFIX = "banaserve-"
@@ -45,6 +48,8 @@ class ShmKVSegment:
         self.owner = owner
         self._fd = fd
         self._mm: mmap.mmap | None = mm
+        import torch  # here, so the store server and the router can name segments without torch
+
         n = layout.layer_bytes // layout.torch_dtype.itemsize
         self.tensors: list[torch.Tensor] = [
             torch.frombuffer(mm, dtype=layout.torch_dtype, count=n,
@@ -54,23 +59,15 @@ class ShmKVSegment:
 
     @classmethod
     def create(cls, name: str, layout: KVLayout) -> ShmKVSegment:
-        """Create (exclusively) and zero a segment for `layout`."""
-        path = _path(name)
-        header = msgspec.msgpack.encode(layout)
-        if len(header) + 12 > HEADER_BYTES:
-            raise ValueError("KV layout header too large")
-        size = HEADER_BYTES + layout.num_layers * layout.layer_bytes
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        """Create (exclusively) and zero a segment for `layout`, and map it."""
+        create_file(name, layout)
         try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
+            seg = cls.attach(name)
         except BaseException:
-            os.close(fd)
-            os.unlink(path)
+            unlink(name)
             raise
-        mm[:12] = MAGIC + len(header).to_bytes(4, "little")
-        mm[12:12 + len(header)] = header
-        return cls(name, fd, mm, layout, owner=True)
+        seg.owner = True
+        return seg
 
     @classmethod
     def attach(cls, name: str) -> ShmKVSegment:
@@ -111,6 +108,24 @@ class ShmKVSegment:
 
     def unlink(self) -> None:
         unlink(self.name)
+
+
+def create_file(name: str, layout: KVLayout) -> None:
+    """Create (exclusively) a zeroed segment file for `layout` with its header, without mapping
+    its data (the store server owns its arena this way and never touches the blocks)."""
+    path = _path(name)
+    header = msgspec.msgpack.encode(layout)
+    if len(header) + 12 > HEADER_BYTES:
+        raise ValueError("KV layout header too large")
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, HEADER_BYTES + layout.num_layers * layout.layer_bytes)
+        os.pwrite(fd, MAGIC + len(header).to_bytes(4, "little") + header, 0)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
 
 
 def unlink(name: str) -> bool:

@@ -28,7 +28,7 @@ import zmq.asyncio
 from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.engine_client import ModelInfo
-from banaserve.cluster.procs import make_ipc_dir, spawn_instance, stop_processes, sweep_stale_ipc_dirs
+from banaserve.cluster.procs import make_ipc_dir, spawn_instance, spawn_store, stop_processes, sweep_stale_ipc_dirs
 from banaserve.cluster.router import Router
 from banaserve.cluster.tracked import Tracked
 from banaserve.engine.output_processor import OutputProcessor
@@ -57,6 +57,7 @@ class ClusterClient:
         self.view = ClusterView()
         self.peers: dict[int, m.Hello] = {}
         self.procs: dict[int, subprocess.Popen] = {}
+        self.store_proc: subprocess.Popen | None = None
         self.shm_names: dict[int, str] = {}
         self.router = Router(self.config, self.view, self._send, self.peers)
         self.outputs = OutputProcessor(TextTokenizer(engine.model))  # text is made here, not on instances
@@ -88,7 +89,10 @@ class ClusterClient:
         self._ctrl.bind(ctrl_addr)
         self._stats.bind(stats_addr)
         tag = uuid.uuid4().hex[:8]
+        store_addr = f"ipc://{self._ipc_dir}/kvstore" if cfg.kv_store == "local" else None
         try:
+            if store_addr is not None:
+                self.store_proc = spawn_store(store_addr, cfg.kv_store_gb)
             for idx, role in enumerate(cfg.roles()):
                 shm = shm_kv.segment_name(os.getpid(), f"{tag}-i{idx}") if role == "decode" else None
                 if shm:
@@ -96,7 +100,7 @@ class ClusterClient:
                 self.view.instances[idx] = InstanceStats(idx, role, alive=False)
                 spec = m.InstanceSpec(idx, role, cfg.engine, ctrl_addr, stats_addr, os.getpid(), cfg.transfer,
                                       shm, cfg.transfer_host, cfg.stats_interval_s, cfg.admit_wait_s,
-                                      cfg.torch_threads)
+                                      cfg.torch_threads, store_addr)
                 self.procs[idx] = spawn_instance(spec)
             await self._wait_for_hellos()
         except BaseException:
@@ -147,6 +151,9 @@ class ClusterClient:
                     with contextlib.suppress(zmq.ZMQError):
                         await self._ctrl.send_multipart([f"i{idx}".encode(), self._enc.encode(m.Shutdown())])
         await asyncio.to_thread(stop_processes, list(self.procs.values()))
+        if self.store_proc is not None:  # after the instances: none of them reads the arena any more
+            self.store_proc.terminate()
+            await asyncio.to_thread(stop_processes, [self.store_proc])
         for name in self.shm_names.values():
             shm_kv.unlink(name)
         if self._ctx is not None:
@@ -225,6 +232,15 @@ class ClusterClient:
                           "bytes_pushed": sum(s.bytes_pushed for s in live),
                           "bytes_received": sum(s.bytes_received for s in live)},
             "router": {**dataclasses.asdict(c), "requests_in_flight": len(r.requests)},
+            "prefix_cache": {"prompt_tokens": sum(s.prompt_tokens for s in live),
+                             "hit_tokens": sum(s.prefix_hit_tokens for s in live)},
+            "kv_store": None if self.config.kv_store is None else {
+                "hit_tokens": sum(s.kv_store_hit_tokens for s in live),
+                "loaded_bytes": sum(s.kv_store_loaded_bytes for s in live),
+                "saved_bytes": sum(s.kv_store_saved_bytes for s in live),
+                "failed_loads": sum(s.kv_store_failed_loads for s in live),
+                "load_s": sum(s.kv_store_load_s for s in live),
+                "load_wait_s": sum(s.kv_store_load_wait_s for s in live)},
         }
 
     async def collect_stats(self, timeout_s: float = 60.0) -> ClusterView:

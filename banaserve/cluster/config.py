@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from banaserve.engine.config import EngineConfig
+from banaserve.policies.routing import routing_name
 
 
 @dataclass(slots=True)
@@ -17,7 +18,9 @@ class ClusterConfig:
     prefill: int = 1
     decode: int = 1
     transfer: str = "shm"  # shm (same host, default) | tcp
-    routing: str = "least_loaded"  # colocated: least_loaded | round_robin
+    routing: str = "least_loaded"  # least_loaded = load_aware | round_robin (colocated) | cache_aware
+    kv_store: str | None = None  # "local": a Global KV Cache Store process on this host
+    kv_store_gb: float = 4.0  # its capacity
     name: str | None = None  # model name reported to clients (default: the checkpoint's folder name)
     torch_threads: int | None = None  # per instance process; None leaves torch's default
     lease_timeout_s: float = 30.0  # reserve -> prefill pushed; past it the request is re-prefilled
@@ -39,8 +42,11 @@ class ClusterConfig:
             # shm makes the decode instances' KV cache a host shared-memory segment
             raise ValueError("transfer shm shares the decode instances' KV cache in host memory, so it needs "
                              "device cpu; use transfer tcp with cuda")
-        if self.routing not in ("least_loaded", "round_robin"):
-            raise ValueError(f"routing must be least_loaded or round_robin, got {self.routing!r}")
+        self.routing = routing_name(self.routing)
+        if self.kv_store not in (None, "local"):
+            raise ValueError(f"kv_store must be local (or unset), got {self.kv_store!r}")
+        if not self.kv_store_gb > 0:
+            raise ValueError(f"kv_store_gb must be positive, got {self.kv_store_gb}")
         counts = [self.instances] if self.mode == "colocated" else [self.prefill, self.decode]
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
             raise ValueError("instance counts must be positive integers")

@@ -60,6 +60,7 @@ class InstanceHandler:
         self.meter = meter
         self.prefill_only: dict[str, PrefillOnly] = {}
         self.stopping = False
+        self.store = None  # a StoreConnector, whose counters the stats report
 
     def handle(self, msg) -> None:
         if isinstance(msg, m.Add):
@@ -153,4 +154,13 @@ class InstanceHandler:
             busy_fraction=self.meter.busy_fraction(), num_steps=self.meter.num_steps,
             num_preemptions=s.num_preemptions, bytes_pushed=p.bytes_pushed if p else 0,
             bytes_received=self.decode.bytes_received,
-            transfers_ok=p.transfers_ok if p else 0, transfers_failed=p.transfers_failed if p else 0)
+            transfers_ok=p.transfers_ok if p else 0, transfers_failed=p.transfers_failed if p else 0,
+            prompt_tokens=s.prompt_tokens, prefix_hit_tokens=s.prefix_hit_tokens, **self._store_stats())
+
+    def _store_stats(self) -> dict:
+        c = self.store.counters if self.store is not None else None
+        if c is None:
+            return {}
+        return {"kv_store_hit_tokens": c.hit_tokens, "kv_store_loaded_bytes": c.loaded_bytes,
+                "kv_store_saved_bytes": c.saved_bytes, "kv_store_failed_loads": c.failed_loads,
+                "kv_store_load_s": c.load_s, "kv_store_load_wait_s": c.load_wait_s}

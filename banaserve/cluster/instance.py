@@ -23,7 +23,10 @@ from banaserve.cluster.decode_side import DecodeSide
 from banaserve.cluster.handler import InstanceHandler
 from banaserve.cluster.pd_connector import PushConnector
 from banaserve.cluster.stats import LoadMeter, StatsPublisher
+from banaserve.engine.kv_connector import MultiConnector
 from banaserve.engine.llm_engine import LLMEngine
+from banaserve.store.client import connect
+from banaserve.store.connector import StoreConnector
 from banaserve.transfer.layout import KVLayout
 from banaserve.transfer.shm_kv import ShmKVSegment
 from banaserve.transfer.tcp_channel import TcpKVReceiver
@@ -63,7 +66,13 @@ class Instance:
         self.layout = KVLayout.of(e.fingerprint, e.runner.kv_caches)
         if spec.role == "prefill":
             self.connector = PushConnector(e.runner.kv_caches, self.layout)
-            e.set_kv_connector(self.connector)
+        self.store: StoreConnector | None = None
+        if spec.kv_store_addr:  # every role loads prompts' hits and saves new blocks (decode: history)
+            self.store = StoreConnector(connect(spec.kv_store_addr, self.layout), e.runner.kv_caches,
+                                        e.block_size, e.blocks.root_hash)
+        movers = [c for c in (self.store, self.connector) if c is not None]  # loads before pushes
+        if movers:
+            e.set_kv_connector(movers[0] if len(movers) == 1 else MultiConnector(movers))
         self.enc, self.dec = m.encoder(), m.to_instance_decoder()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -77,6 +86,7 @@ class Instance:
         self.handler = InstanceHandler(spec.instance_id, spec.role, os.getpid(), e.core, self.send,
                                        DecodeSide(e.core, self.receiver, spec.admit_wait_s), self.connector,
                                        self.meter)
+        self.handler.store = self.store
         self._snapshot = self.handler.snapshot()
         self._snapshot_at = time.monotonic()
         self.publisher = StatsPublisher(self.ctx, spec.stats_addr, spec.stats_interval_s,
@@ -134,6 +144,8 @@ class Instance:
         self.publisher.close()
         if self.connector is not None:
             self.connector.close()
+        if self.store is not None:
+            self.store.close()
         if self.receiver is not None:
             self.receiver.close()
         if self.segment is not None:

@@ -7,7 +7,7 @@ from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.engine_client import EngineClient, LocalEngineClient
 from banaserve.engine.config import EngineConfig
 
-CLUSTER_FIELDS = ("mode", "instances", "prefill", "decode", "transfer")
+CLUSTER_FIELDS = ("mode", "instances", "prefill", "decode", "transfer", "routing", "kv_store", "kv_store_gb")
 
 
 def build_engine_client(args: ClusterConfig | EngineConfig | object, *, in_process_single: bool = True,
@@ -30,6 +30,6 @@ def build_engine_client(args: ClusterConfig | EngineConfig | object, *, in_proce
         name = getattr(args, "served_model_name", None)
         config = ClusterConfig(engine=args.engine_config(), name=name, **fields, **cluster_options)
     config.validate()
-    if in_process_single and config.mode == "colocated" and config.instances == 1:
+    if in_process_single and config.mode == "colocated" and config.instances == 1 and config.kv_store is None:
         return LocalEngineClient(config.engine, name=config.name)
     return ClusterClient(config)

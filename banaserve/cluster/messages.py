@@ -164,6 +164,7 @@ class InstanceSpec(msgspec.Struct):
     stats_interval_s: float
     admit_wait_s: float
     torch_threads: int | None
+    kv_store_addr: str | None = None  # the local Global KV Cache Store's control socket
 
 
 def encoder() -> msgspec.msgpack.Encoder:

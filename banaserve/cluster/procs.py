@@ -50,6 +50,16 @@ def spawn_instance(spec: InstanceSpec) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
 
 
+def spawn_store(addr: str, capacity_gb: float) -> subprocess.Popen:
+    """Start the local Global KV Cache Store (store/server.py), owned by this process."""
+    env = dict(os.environ)
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *extra])
+    args = [sys.executable, "-m", "banaserve.store.server", "--addr", addr, "--capacity-gb", str(capacity_gb),
+            "--owner-pid", str(os.getpid())]
+    return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
+
+
 def stop_processes(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
     """Wait for processes asked to exit; SIGTERM, then SIGKILL, the ones that do not. Reaps all."""
     deadline = time.monotonic() + grace_s

@@ -27,7 +27,9 @@ from banaserve.cluster import messages as m
 from banaserve.cluster.config import ClusterConfig
 from banaserve.cluster.tracked import RouterCounters, Tracked
 from banaserve.engine.outputs import TokenOutput
-from banaserve.policies.routing import RoundRobin, least_loaded, round_robin
+from banaserve.kv.block_hash import hash_blocks
+from banaserve.policies.prefix_index import PrefixIndex
+from banaserve.policies.routing import CacheAware, RoundRobin, cache_aware, least_loaded, round_robin
 from banaserve.policies.view import ClusterView
 
 
@@ -45,8 +47,12 @@ class Router:
         self.cancelling: dict[str, tuple[Tracked, int, int, int, bool]] = {}  # aid -> (t, p, d, tid, redo)
         self.waiting: dict[str, Tracked] = {}  # refused for lack of decode room, asked again by tick
         self.counters = RouterCounters()
-        self._rr = RoundRobin()
+        self._rr: dict[str, RoundRobin] = {}  # a cursor per role
         self._tids = itertools.count(1)
+        # cache-aware routing's guess of each instance's prefix cache, about as large as the cache
+        blocks = max((h.layout.num_blocks for h in peers.values()), default=1)
+        self.prefix = PrefixIndex(blocks)
+        self.cache_aware = CacheAware()
 
     # ----- client side -----
 
@@ -85,14 +91,27 @@ class Router:
         self.by_aid[t.aid] = t
         self.counters.dispatches += 1
         if self.config.mode == "colocated":
-            pick = round_robin(self.view, self._rr) if self.config.routing == "round_robin" else \
-                least_loaded(self.view)
-            return self._run_on(t, pick)
+            return self._run_on(t, self._pick(t, "unified"))
         p, d = least_loaded(self.view, "prefill"), least_loaded(self.view, "decode")
         local, t.local = t.local, False
         if d is None or p is None or local or self._push_addr(d) is None:
             return self._run_on(t, d if d is not None else p)
         self._reserve(t, d)
+
+    def _pick(self, t: Tracked, role: str) -> int | None:
+        """The instance of `role` to run `t` on, by the configured routing policy (policies/)."""
+        routing = self.config.routing
+        if routing == "round_robin" and role != "decode":  # decode: by held requests and memory
+            return round_robin(self.view, self._rr.setdefault(role, RoundRobin()), role)
+        if routing != "cache_aware":
+            return least_loaded(self.view, role)  # least_loaded and load_aware are one rule
+        hello = next(iter(self.peers.values()))
+        keys = hash_blocks(b"router", t.prompt + t.generated, hello.layout.block_size)
+        ids = [s.instance_id for s in self.view.alive(role)]
+        pick = cache_aware(self.view, self.prefix.matches(ids, keys), len(keys), self.cache_aware, role)
+        if pick is not None:
+            self.prefix.record(pick, keys)
+        return pick
 
     def _run_on(self, t: Tracked, idx: int | None) -> None:
         if idx is None:
@@ -147,7 +166,7 @@ class Router:
             t.stage, t.retry_at = "wait", self.clock() + self.config.reserve_retry_s
             self.waiting[t.rid] = t
             return
-        p = least_loaded(self.view, "prefill")
+        p = self._pick(t, "prefill")
         if p is None:
             self._release(t)
             t.local = True
@@ -244,6 +263,7 @@ class Router:
         return min(times, default=None)
 
     def on_instance_dead(self, idx: int) -> None:
+        self.prefix.forget(idx)
         s = self.view.get(idx)
         s.alive, s.inflight_requests, s.inflight_prefill_tokens = False, 0, 0
         for aid, (t, p, d, tid, redispatch) in list(self.cancelling.items()):

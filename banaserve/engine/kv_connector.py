@@ -65,3 +65,47 @@ class KVConnector:
 
     def failed_loads(self) -> set[str]:
         return set()
+
+
+class MultiConnector(KVConnector):
+    """Several connectors on one engine (a store and a PD push, say): every hook goes to each in
+    order; a request's load goes to the first connector that offers one."""
+
+    def __init__(self, connectors: list[KVConnector]):
+        self.connectors = connectors
+        self.loader: dict[str, KVConnector] = {}  # request id -> the connector loading it
+
+    def num_loadable_tokens(self, req: Request, num_local: int) -> int | None:
+        for c in self.connectors:
+            n = c.num_loadable_tokens(req, num_local)
+            if n is None or n > 0:
+                self.loader[req.request_id] = c
+                return n
+        self.loader.pop(req.request_id, None)
+        return 0
+
+    def load_planned(self, req: Request, block_ids: list[int], start: int, num_tokens: int) -> None:
+        self.loader.pop(req.request_id).load_planned(req, block_ids, start, num_tokens)
+
+    def request_finished(self, req: Request) -> bool:
+        self.loader.pop(req.request_id, None)
+        return any([c.request_finished(req) for c in self.connectors])  # every one is told
+
+    def start_step(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]) -> None:
+        for c in self.connectors:
+            c.start_step(batch, block_tables)
+
+    def before_layer(self, layer: int) -> None:
+        for c in self.connectors:
+            c.before_layer(layer)
+
+    def after_layer(self, layer: int) -> None:
+        for c in self.connectors:
+            c.after_layer(layer)
+
+    def end_step(self) -> None:
+        for c in self.connectors:
+            c.end_step()
+
+    def failed_loads(self) -> set[str]:
+        return set().union(*(c.failed_loads() for c in self.connectors))

@@ -47,6 +47,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self.prompt_tokens = 0  # admitted for the first time, and of those found cached or loaded
+        self.prefix_hit_tokens = 0
         self.connector: KVConnector | None = None  # loads KV from elsewhere, may keep finished blocks
 
     def add(self, req: Request) -> None:
@@ -104,6 +106,8 @@ class Scheduler:
                                             num_cached, loadable)
             if req.num_preemptions == 0:
                 req.num_cached_tokens = num_cached + loadable
+                self.prompt_tokens += req.num_tokens
+                self.prefix_hit_tokens += num_cached + loadable
             req.num_computed_tokens = num_cached + loadable
             req.status = RequestStatus.RUNNING
             self.running.append(req)

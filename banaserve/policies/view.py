@@ -37,6 +37,14 @@ class InstanceStats:
     bytes_received: int = 0  # KV bytes received over a network channel
     transfers_ok: int = 0
     transfers_failed: int = 0
+    prompt_tokens: int = 0  # prompt tokens of requests admitted (first admission only)
+    prefix_hit_tokens: int = 0  # of those, found in the local prefix cache or loaded from elsewhere
+    kv_store_hit_tokens: int = 0  # loaded from the Global KV Cache Store
+    kv_store_loaded_bytes: int = 0
+    kv_store_saved_bytes: int = 0
+    kv_store_failed_loads: int = 0
+    kv_store_load_s: float = 0.0  # time the copy thread spent loading
+    kv_store_load_wait_s: float = 0.0  # of it, time the forward waited (not hidden by compute)
     seq: int = 0  # publish counter of the instance, increases by one per message
     # router-side, not sent by the instance
     inflight_requests: int = 0

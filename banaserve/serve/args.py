@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from banaserve.engine.config import EngineConfig
+from banaserve.policies.routing import routing_name
 
 MODES = ("colocated", "disagg")
 TRANSFERS = ("shm", "tcp")
@@ -36,6 +37,9 @@ class ServeArgs:
     prefill: int = 1
     decode: int = 1
     transfer: str = "shm"
+    routing: str = "load_aware"
+    kv_store: str | None = None
+    kv_store_gb: float = 4.0
     # engine of each instance (see EngineConfig)
     dtype: str = "auto"
     device: str = "auto"
@@ -60,6 +64,9 @@ class ServeArgs:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        self.routing = routing_name(self.routing)
+        if self.kv_store not in (None, "local"):
+            raise ValueError(f"kv_store must be local, got {self.kv_store!r}")
         if self.graceful_shutdown_s < 0:
             raise ValueError("graceful_shutdown_s must be >= 0")
         self.engine_config().validate()

@@ -60,6 +60,12 @@ def parse_args(argv: list[str]) -> ServeArgs:
     c.add_argument("--prefill", type=int, default=d.prefill, help="prefill instances (disagg)")
     c.add_argument("--decode", type=int, default=d.decode, help="decode instances (disagg)")
     c.add_argument("--transfer", choices=TRANSFERS, default=d.transfer, help="KV transfer between instances")
+    c.add_argument("--routing", default=d.routing,
+                   help="load-aware (least loaded; BanaServe's rule, default) | cache-aware (longest local prefix "
+                        "match unless out of balance, as SGLang's router) | round-robin (colocated)")
+    c.add_argument("--kv-store", default=d.kv_store, help="local: a Global KV Cache Store on this host that every "
+                   "instance loads cached prefixes from and saves new blocks to (default: none)")
+    c.add_argument("--kv-store-gb", type=float, default=d.kv_store_gb, help="capacity of the local KV store")
     e = ap.add_argument_group("engine (each instance)")
     e.add_argument("--dtype", default=d.dtype, help="auto | float32 | bfloat16 | float16")
     e.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")

@@ -23,7 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from banaserve.cluster.engine_client import EngineClient
@@ -144,6 +144,12 @@ class ClusterCollector(Collector):
             for name, value in leaves:
                 put("cluster", name, {}, value)
         yield from families.values()
+        store = state.get("kv_store")
+        if isinstance(store, dict):  # totals that only grow: counters, as dashboards rate() them
+            for name, help_text in (("hit_tokens", "prompt tokens loaded from the KV store"),
+                                    ("loaded_bytes", "KV bytes loaded from the KV store"),
+                                    ("saved_bytes", "KV bytes saved to the KV store")):
+                yield CounterMetricFamily(f"banaserve_kv_store_{name}", help_text, value=store.get(name, 0))
 
 
 def _numeric_leaves(d: dict, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, float]]:

@@ -20,7 +20,8 @@ from banaserve.bench.runner import format_summary
 from banaserve.bench.spec import BenchError, RequestSpec
 from banaserve.bench.traces import KNOWN_TRACES
 from banaserve.bench.workload import WorkloadConfig, build_specs, describe
-from banaserve.sim.cluster import COLOCATED, DISAGG, ROUTINGS
+from banaserve.policies.routing import ROUTINGS
+from banaserve.sim.cluster import COLOCATED, DISAGG
 from banaserve.sim.setup import SimSetup, build_setup
 from banaserve.sim.simulator import Simulator
 
@@ -46,7 +47,12 @@ def build_parser() -> Parser:
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs per instance (roofline only)")
     g.add_argument("--link-gbps", type=float, default=100.0, help="KV link of each prefill instance, Gbit/s")
     g.add_argument("--link-latency-us", type=float, default=10.0, help="KV link latency, microseconds")
-    g.add_argument("--routing", choices=ROUTINGS, default="least_loaded")
+    g.add_argument("--routing", choices=[*ROUTINGS, *(r.replace("_", "-") for r in ROUTINGS)],
+                   default="least_loaded")
+    g.add_argument("--kv-store", choices=("local",), default=None,
+                   help="a Global KV Cache Store every instance loads prefixes from and saves blocks to")
+    g.add_argument("--kv-store-gb", type=float, default=64.0, help="store capacity")
+    g.add_argument("--store-gbps", type=float, default=200.0, help="each instance's link to the store, Gbit/s")
     g = p.add_argument_group("engine (defaults: the engine's, or the profile's)")
     g.add_argument("--block-size", type=int, default=None)
     g.add_argument("--max-num-batched-tokens", type=int, default=None)

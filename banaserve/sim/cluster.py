@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from banaserve.cluster import config as live
 from banaserve.cluster.messages import Hello
+from banaserve.policies.routing import routing_name
 from banaserve.policies.view import DECODE, PREFILL, UNIFIED
 from banaserve.sim.instance import InstanceConfig
 from banaserve.transfer.layout import KVLayout
 
 COLOCATED, DISAGG = "colocated", "disagg"
-ROUTINGS = ("least_loaded", "round_robin")
 
 
 @dataclass(slots=True)
@@ -29,6 +29,9 @@ class ClusterConfig:
     num_layers: int = 1
     reserve_retry_s: float = 0.02  # as the live router (cluster/config.py)
     control_latency_s: float = 0.0  # router <-> instance messages (live: ipc, tens of microseconds)
+    kv_store_blocks: int = 0  # a Global KV Cache Store of this many blocks (0: none)
+    store_bandwidth: float = 25e9  # bytes/s of each instance's link to the store
+    store_latency_s: float = 10e-6
 
     def validate(self) -> None:
         if self.mode not in (COLOCATED, DISAGG):
@@ -36,8 +39,9 @@ class ClusterConfig:
         counts = (self.num_instances,) if self.mode == COLOCATED else (self.num_prefill, self.num_decode)
         if any(n < 1 for n in counts):
             raise ValueError("every role needs at least one instance")
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}")
+        self.routing = routing_name(self.routing)
+        if self.kv_store_blocks < 0 or not self.store_bandwidth > 0:
+            raise ValueError("kv_store_blocks must be >= 0 and store_bandwidth > 0")
         if self.control_latency_s < 0:
             raise ValueError(f"control latency must be >= 0, got {self.control_latency_s}")
 

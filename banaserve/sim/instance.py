@@ -21,6 +21,7 @@ from banaserve.cluster.decode_side import DecodeSide
 from banaserve.cluster.handler import InstanceHandler
 from banaserve.cluster.stats import LoadMeter
 from banaserve.engine.core import EngineCore
+from banaserve.engine.kv_connector import MultiConnector
 from banaserve.engine.request import Request
 from banaserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from banaserve.kv.block_manager import BlockManager
@@ -28,6 +29,8 @@ from banaserve.policies.view import DECODE, PREFILL, UNIFIED, InstanceStats
 from banaserve.sim.cost_model import CostModel, batch_shape
 from banaserve.sim.links import Link
 from banaserve.sim.pusher import SimPusher
+from banaserve.sim.store import SimStoreConnector
+from banaserve.store.index import StoreIndex
 
 OUTPUT_TOKEN = 1  # simulated tokens carry no meaning; any id works for the block hashes
 ROOT_HASH = b"banaserve-sim"
@@ -77,7 +80,8 @@ class SimInstance:
 
     def __init__(self, id: int, role: str, cfg: InstanceConfig, cost: CostModel,
                  send: Callable[[int, object], None], clock: Callable[[], float],
-                 link: Link | None = None, kv_bytes_per_token: int = 0, num_layers: int = 1):
+                 link: Link | None = None, kv_bytes_per_token: int = 0, num_layers: int = 1,
+                 store: StoreIndex | None = None, store_link: Link | None = None):
         if role not in (UNIFIED, PREFILL, DECODE):
             raise ValueError(f"unknown role {role!r}")
         cfg.validate()
@@ -92,7 +96,14 @@ class SimInstance:
         self.pusher: SimPusher | None = None
         if role == PREFILL:
             self.pusher = SimPusher(link or Link(float("inf")), kv_bytes_per_token, num_layers)
-            self.core.set_kv_connector(self.pusher)
+        self.store: SimStoreConnector | None = None
+        if store is not None:
+            self.store = SimStoreConnector(store, store_link or Link(float("inf")),
+                                           kv_bytes_per_token * cfg.block_size, cfg.block_size, num_layers,
+                                           ROOT_HASH, clock)
+        movers = [c for c in (self.store, self.pusher) if c is not None]  # loads before pushes, as live
+        if movers:
+            self.core.set_kv_connector(movers[0] if len(movers) == 1 else MultiConnector(movers))
         self._send = send
         self.meter = LoadMeter(clock)
         self.handler = InstanceHandler(id, role, 0, self.core, self._out, DecodeSide(self.core, None, ADMIT_WAIT_S,
@@ -133,8 +144,10 @@ class SimInstance:
         if self.runner.num_steps == ran:  # nothing could be scheduled (no free blocks)
             self.busy = False
             return None
-        compute_end = now + self.runner.step_s * (1.0 + slowdown)
-        return self.pusher.push(now, compute_end) if self.pusher is not None else compute_end
+        end = now + self.runner.step_s * (1.0 + slowdown)
+        if self.store is not None:
+            end = self.store.step_end(now, end)
+        return self.pusher.push(now, end) if self.pusher is not None else end
 
     def end_step(self, now: float, started: float) -> None:
         """The step that began at `started` ends: release its messages, handle what arrived."""

@@ -29,6 +29,7 @@ from banaserve.sim.model_configs import SimModel
 from banaserve.sim.profile_table import ProfileTable, model_fields
 
 FIRST_ID = 3  # token ids below are often special
+WARM_DECODE_STEPS = 3
 
 
 @dataclass(slots=True)
@@ -135,9 +136,17 @@ class Profiler:
         return t
 
     def measure(self, prefill: int, batch: int, context: int, repeats: int) -> float:
-        """Seconds of a step with a `prefill`-token prompt and `batch` decodes at `context`."""
+        """Seconds of a step with a `prefill`-token prompt and `batch` decodes at `context`.
+
+        The decodes first run WARM_DECODE_STEPS untimed steps: live, a decode step follows other
+        decode steps, with the weights and the decodes' pages warm in the caches. Timed right after
+        setting up the decodes (and after whatever cell ran before, often a long prefill), a batch-1
+        decode step took 7-8 ms where the live one takes 4.4, and only the fourth step in a row was
+        warm (docs/design-decisions.md, "Simulator")."""
         ids = self._start_decodes(batch, context)
         try:
+            for _ in range(WARM_DECODE_STEPS if batch else 0):
+                self.engine.step()
             times = [self._timed_step(prefill) for _ in range(repeats)]
         finally:
             for rid in ids:

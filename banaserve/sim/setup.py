@@ -58,6 +58,12 @@ def cluster_config(args: argparse.Namespace, model: SimModel) -> ClusterConfig:
         link_latency_s=args.link_latency_us * 1e-6, kv_bytes_per_token=model.kv_bytes_per_token(),
         num_layers=model.config.num_layers,
     )
+    if getattr(args, "kv_store", None):
+        if not (args.kv_store_gb > 0 and args.store_gbps > 0):
+            raise ValueError("--kv-store-gb and --store-gbps must be > 0")
+        block_bytes = model.kv_bytes_per_token() * _pick(getattr(args, "block_size", None), 16)
+        cluster.kv_store_blocks = max(1, int(args.kv_store_gb * (1 << 30) // block_bytes))
+        cluster.store_bandwidth = args.store_gbps * 1e9 / 8
     cluster.validate()
     return cluster
 

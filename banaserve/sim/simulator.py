@@ -30,6 +30,7 @@ from banaserve.sim.cluster import COLOCATED, ClusterConfig, peers, router_config
 from banaserve.sim.cost_model import CostModel
 from banaserve.sim.instance import InstanceConfig, SimInstance
 from banaserve.sim.links import Link
+from banaserve.store.index import StoreIndex
 
 STEP_END, DELIVER, TICK = 0, 1, 2
 ROUTER = -1
@@ -53,8 +54,11 @@ class Simulator:
         roles = cluster.roles()
         self.links = {i: Link(cluster.link_bandwidth, cluster.link_latency_s) for i, r in enumerate(roles)
                       if r == PREFILL}
+        self.store = StoreIndex(cluster.kv_store_blocks) if cluster.kv_store_blocks else None
         self.instances = [SimInstance(i, r, instance_cfg, cost, self._to_router, self._clock, self.links.get(i),
-                                      cluster.kv_bytes_per_token, cluster.num_layers) for i, r in enumerate(roles)]
+                                      cluster.kv_bytes_per_token, cluster.num_layers, self.store,
+                                      Link(cluster.store_bandwidth, cluster.store_latency_s))
+                          for i, r in enumerate(roles)]
         self.prefill = [i for i in self.instances if i.role == PREFILL]
         self.decode = [i for i in self.instances if i.role == DECODE]
         self.view = ClusterView({i.id: InstanceStats(i.id, i.role) for i in self.instances})

@@ -38,8 +38,13 @@ class StoreClient:
         self.dec = msgspec.msgpack.Decoder(sm.Reply)
         self._reqs = itertools.count(1)
         self.down_until = 0.0
+        self.backoff_s = retry_after_s
         self.arena: ShmKVSegment | None = None
-        self.attach()
+        try:
+            self.attach()
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
 
     def attach(self) -> None:
         """Map the store's arena; refuse a store whose layout differs from ours (TransferRefused)."""
@@ -71,8 +76,12 @@ class StoreClient:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
             if reply.req == msg.req:
+                self.backoff_s = self.retry_after_s
                 return reply
-        self.down_until = time.monotonic() + self.retry_after_s
+        # silent: read it as empty for a while, longer each time (a dead store costs one timeout
+        # per backoff, not one per request)
+        self.down_until = time.monotonic() + self.backoff_s
+        self.backoff_s = min(2 * self.backoff_s, 60.0)
         raise StoreUnavailable(f"KV store at {self.addr} did not answer in {self.timeout_s} s")
 
     def _try(self, msg, default):
@@ -119,3 +128,14 @@ class StoreClient:
             self.arena.close()
             self.arena = None
         self.sock.close(linger=0)
+
+
+def connect(addr: str, layout: KVLayout, wait_s: float = 60.0) -> StoreClient:
+    """A client of the store at `addr`, waiting up to `wait_s` for it to start answering."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return StoreClient(addr, layout)
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise

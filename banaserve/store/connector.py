@@ -44,6 +44,7 @@ class StoreCounters:
     saved_blocks: int = 0
     saved_bytes: int = 0
     failed_loads: int = 0
+    load_s: float = 0.0  # time the copy thread spent loading
     load_wait_s: float = 0.0  # time before_layer spent waiting (load not hidden by compute)
 
 
@@ -57,13 +58,15 @@ class _Step:
 
 class StoreConnector(KVConnector):
     def __init__(self, client: StoreClient, kv_caches: list[torch.Tensor], block_size: int, root: BlockHash,
-                 save: bool = True):
+                 save: bool = True, overlap: bool = True, rate: float | None = None):
         self.client = client
         self.kv_caches = kv_caches
         self.arena = client.arena.tensors
         self.block_size = block_size
         self.root = root
         self.save = save
+        self.overlap = overlap  # False: the first layer waits for every layer's load (a baseline)
+        self.rate = rate  # bytes/s: a throttled store link (benchmarks), None for memory speed
         self.worker = PushWorker("kv-store")
         self.planned: dict[str, Load] = {}
         self.failed: set[str] = set()  # requests whose load failed: never offered one again
@@ -122,15 +125,21 @@ class StoreConnector(KVConnector):
 
     def _load_all(self, step: _Step) -> None:
         """On the copy thread: every planned block, layer after layer, signalling each layer."""
+        t = time.perf_counter()
+        layer_bytes = sum(len(load.blocks) for load in step.loads) * self.client.layout.block_bytes
         try:
             for layer, (cache, arena) in enumerate(zip(self.kv_caches, self.arena)):
                 for load in step.loads:
                     for s, d, n in block_runs(load.slots, load.blocks):
                         cache[:, d:d + n].copy_(arena[:, s:s + n])
-                step.ready[layer].set()
+                if self.rate:  # as if the bytes came over a link of this rate
+                    time.sleep(max(0.0, t + (layer + 1) * layer_bytes / self.rate - time.perf_counter()))
+                if self.overlap:
+                    step.ready[layer].set()
         finally:
             for ev in step.ready:
                 ev.set()
+            self.counters.load_s += time.perf_counter() - t
 
     def _plan_saves(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]) -> None:
         bs, step = self.block_size, self._step

@@ -8,8 +8,9 @@ blocks loaded from the store over a link throttled to a few rates, three ways:
 - compute: nothing is loaded, the whole prompt is computed.
 Per rate it prints the prefill times, the time to load one layer against computing one, and the
 share of the load hidden: 1 - (layerwise - rest) / (all-first - rest), where rest is the
-prefill of the same request with the load at memory speed. Last line: the share hidden at the
-fastest link where a layer's load takes no longer than its compute.
+prefill of the same request with the load at memory speed. Last line: for each share, the share
+hidden at the slowest link where a layer's load still takes no longer than its compute (the
+worst of the two).
 
     python benchmarks/store_overlap.py [--quick]
 """
@@ -77,12 +78,12 @@ def main() -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--prompts", type=int, default=5)
-    ap.add_argument("--rates-gbps", default="2,8,32,128", help="store link rates, Gbit/s")
+    ap.add_argument("--rates-gbps", default="0.125,0.25,0.5,1,2,4", help="store link rates, Gbit/s")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="512-token prompts, 3 of them, 3 rates")
     a = ap.parse_args()
     if a.quick:
-        a.prompt_len, a.prompts, a.rates_gbps = 512, 3, "4,16,64"
+        a.prompt_len, a.prompts, a.rates_gbps = 512, 3, "0.25,1,4"
     torch.set_num_threads(a.threads)
     model = a.model or default_model_path()
     rng = torch.Generator().manual_seed(0)
@@ -113,19 +114,23 @@ def main() -> int:
                     layerwise = prefill_s(model, store, prompts, share, overlap=True, rate=rate)
                     layer_load = loaded * layer_bytes_per_token / rate
                     hidden = 1 - (layerwise - t_rest) / (first - t_rest) if first > t_rest else 1.0
-                    print(f"{share:>5.1f} {gbps:>7.0f} {1000 * layer_load:>10.2f} {1000 * layer_compute:>10.2f} "
+                    print(f"{share:>5.1f} {gbps:>7g} {1000 * layer_load:>10.2f} {1000 * layer_compute:>10.2f} "
                           f"{1000 * t_rest:>8.1f} {1000 * first:>9.1f} {1000 * layerwise:>9.1f} "
                           f"{100 * hidden:>6.0f}%")
                     if layer_load <= layer_compute:
-                        qualifying.append((hidden, share, gbps))
+                        qualifying.append((layer_load, share, gbps, hidden))
         finally:
             store.stop()
     if not qualifying:
         print("store_overlap: no rate where loading a layer takes no longer than computing it")
         return 1
-    hidden, share, gbps = min(qualifying)
-    print(f"store_overlap: >= {100 * hidden:.0f}% of the load hidden by layer-wise loading wherever a layer loads "
-          f"no slower than it computes (worst: {int(100 * share)}% of blocks from the store at {gbps:.0f} Gbit/s)")
+    # per share, the slowest link at which a layer still loads no slower than it computes: there
+    # the load is largest (faster links leave too little to hide to measure on a noisy host)
+    picked = [max(q for q in qualifying if q[1] == share) for share in sorted({q[1] for q in qualifying})]
+    _, share, gbps, hidden = min(picked, key=lambda q: q[3])
+    print(f"store_overlap: {100 * hidden:.0f}% of the load hidden by layer-wise loading at the slowest link where a "
+          f"layer loads no slower than it computes (worst of {len(picked)} shares: {int(100 * share)}% of blocks "
+          f"from the store at {gbps:g} Gbit/s)")
     return 0
 
 

@@ -21,6 +21,7 @@ import math
 from banaserve.bench.prompts import PromptBuilder
 from banaserve.bench.results import FAILED, RequestRecord
 from banaserve.bench.spec import RequestSpec
+from banaserve.cluster.messages import Outputs
 from banaserve.cluster.router import Router
 from banaserve.cluster.tracked import Tracked
 from banaserve.engine.outputs import TokenOutput
@@ -69,6 +70,7 @@ class Simulator:
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = itertools.count()
         self.kicked: dict[int, SimInstance] = {}
+        self.stale: set[int] = set()  # instances whose stats changed since the view last saw them
         self.tick_at: float | None = None
         self.num_events = 0
 
@@ -86,6 +88,8 @@ class Simulator:
 
     def _deliver(self, dst: int, msg: object) -> None:
         if dst == ROUTER:
+            if not isinstance(msg[1], Outputs):  # token outputs decide nothing
+                self._publish()
             self.router.on_message(*msg)  # type: ignore[misc]
             return
         inst = self.instances[dst]
@@ -93,10 +97,18 @@ class Simulator:
         self._changed(inst)
 
     def _changed(self, inst: SimInstance) -> None:
-        """The instance's state changed: its stats reach the view; if idle with work, it steps."""
-        self.view.publish(inst.stats(), self.now)
+        """The instance's state changed: its stats are due; if idle with work, it steps."""
+        self.stale.add(inst.id)
         if not inst.busy and inst.has_work():
             self.kicked[inst.id] = inst
+
+    def _publish(self) -> None:
+        """Bring the view up to date before the router decides anything. Live, stats arrive every
+        50 ms; here they are exact at every decision, and taken only then: a snapshot walks the
+        instance's free blocks, which per step would dominate a large simulation."""
+        for idx in self.stale:
+            self.view.publish(self.instances[idx].stats(), self.now)
+        self.stale.clear()
 
     def _arm_tick(self) -> None:
         """Wake the router when it next has timed work (refused reservations, lease ends)."""
@@ -126,6 +138,7 @@ class Simulator:
                     self._deliver(*obj)  # type: ignore[misc]
                 else:
                     self.tick_at = None
+                    self._publish()
                     self.router.tick()
             elif i < n:
                 now = self.now = arrivals[i]
@@ -169,7 +182,7 @@ class Simulator:
             self.end = max(self.end, end)
             self.num_events += 1
             inst.end_step(end, now)
-            self.view.publish(inst.stats(), end)
+            self.stale.add(inst.id)
             self.kicked.pop(inst.id, None)
             now = end
 
@@ -191,6 +204,7 @@ class Simulator:
             return
         tokens = self.prompts.token_ids(spec).tolist()
         params = SamplingParams(max_tokens=spec.output_len, ignore_eos=True)
+        self._publish()
         self.router.submit(Tracked(rid, tokens, params, lambda o, rec=rec: self._on_output(rec, o)))
 
     def _on_output(self, rec: RequestRecord, o: TokenOutput | Exception) -> None:

@@ -22,7 +22,6 @@ from banaserve.cluster.handler import InstanceHandler
 from banaserve.cluster.stats import LoadMeter
 from banaserve.engine.core import EngineCore
 from banaserve.engine.kv_connector import MultiConnector
-from banaserve.engine.request import Request
 from banaserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from banaserve.kv.block_manager import BlockManager
 from banaserve.policies.view import DECODE, PREFILL, UNIFIED, InstanceStats
@@ -174,6 +173,3 @@ class SimInstance:
 
     def stats(self) -> InstanceStats:
         return self.handler.snapshot()
-
-    def running_requests(self) -> list[Request]:
-        return list(self.scheduler.running)

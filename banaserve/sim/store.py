@@ -13,9 +13,9 @@ from __future__ import annotations
 from banaserve.engine.kv_connector import KVConnector
 from banaserve.engine.request import Request
 from banaserve.engine.scheduler import ScheduledBatch
-from banaserve.kv.block_hash import hash_blocks
 from banaserve.sim.links import Link
 from banaserve.store.index import StoreIndex
+from banaserve.store.keys import RequestKeys
 
 
 class SimStoreConnector(KVConnector):
@@ -26,7 +26,7 @@ class SimStoreConnector(KVConnector):
         self.block_bytes = block_bytes  # all layers of one block
         self.block_size = block_size
         self.num_layers = num_layers
-        self.root = root
+        self.keys = RequestKeys(root, block_size)
         self.clock = clock
         self.planned: dict[str, tuple[int, int, bool]] = {}  # rid -> (lease, blocks, ok)
         self.failed: set[str] = set()
@@ -38,20 +38,20 @@ class SimStoreConnector(KVConnector):
         self._step_failed: set[str] = set()
         self._last = (0, 0)  # (blocks loaded, blocks saved) of the step just run
 
-    def _keys(self, req: Request) -> list[bytes]:
-        bs = self.block_size
-        return hash_blocks(self.root, req.all_token_ids[:(req.num_tokens - 1) // bs * bs], bs)
-
     def num_loadable_tokens(self, req: Request, num_local: int) -> int | None:
         if req.request_id in self.failed:
             return 0
-        return self.index.lookup(self._keys(req)[num_local // self.block_size:]) * self.block_size
+        return self.index.lookup(self.keys.loadable(req)[num_local // self.block_size:]) * self.block_size
 
     def load_planned(self, req: Request, block_ids: list[int], start: int, num_tokens: int) -> None:
         bs = self.block_size
-        keys = self._keys(req)[start // bs:(start + num_tokens) // bs]
+        keys = self.keys.loadable(req)[start // bs:(start + num_tokens) // bs]
         lease, slots = self.index.acquire(keys, self.clock())
         self.planned[req.request_id] = (lease, len(block_ids), len(slots) == len(keys) == len(block_ids))
+
+    def request_finished(self, req: Request) -> bool:
+        self.keys.forget(req.request_id)
+        return False
 
     def start_step(self, batch: ScheduledBatch, block_tables: dict[str, list[int]]) -> None:
         bs, now = self.block_size, self.clock()
@@ -66,7 +66,7 @@ class SimStoreConnector(KVConnector):
                     self._step_failed.add(req.request_id)
             first, last = req.num_computed_tokens // bs, (req.num_computed_tokens + n) // bs
             if last > first:
-                keys = hash_blocks(self.root, req.all_token_ids[:last * bs], bs)[first:]
+                keys = self.keys.upto(req, last)[first:]
                 put, slots = self.index.reserve(keys, now)
                 self._puts.append(put)
                 self._save_blocks += sum(1 for s in slots if s >= 0)

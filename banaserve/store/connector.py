@@ -21,8 +21,9 @@ import torch
 from banaserve.engine.kv_connector import KVConnector
 from banaserve.engine.request import Request
 from banaserve.engine.scheduler import ScheduledBatch
-from banaserve.kv.block_hash import BlockHash, hash_blocks
+from banaserve.kv.block_hash import BlockHash
 from banaserve.store.client import StoreClient
+from banaserve.store.keys import RequestKeys
 from banaserve.transfer.layout import block_runs
 from banaserve.transfer.pusher import PushWorker
 
@@ -63,7 +64,7 @@ class StoreConnector(KVConnector):
         self.kv_caches = kv_caches
         self.arena = client.arena.tensors
         self.block_size = block_size
-        self.root = root
+        self.keys = RequestKeys(root, block_size)
         self.save = save
         self.overlap = overlap  # False: the first layer waits for every layer's load (a baseline)
         self.rate = rate  # bytes/s: a throttled store link (benchmarks), None for memory speed
@@ -75,17 +76,12 @@ class StoreConnector(KVConnector):
         self._step_failed: set[str] = set()
         self._block_bytes = client.layout.block_bytes * len(kv_caches)
 
-    def _keys(self, req: Request) -> list[BlockHash]:
-        """Keys of the prompt's full blocks that may be loaded (the last token is always computed)."""
-        bs = self.block_size
-        return hash_blocks(self.root, req.all_token_ids[:(req.num_tokens - 1) // bs * bs], bs)
-
     # ----- scheduler side -----
 
     def num_loadable_tokens(self, req: Request, num_local: int) -> int | None:
         if req.request_id in self.failed or not self.client.available:
             return 0
-        keys = self._keys(req)[num_local // self.block_size:]
+        keys = self.keys.loadable(req)[num_local // self.block_size:]
         if not keys:
             return 0
         self.counters.lookups += 1
@@ -93,12 +89,13 @@ class StoreConnector(KVConnector):
 
     def load_planned(self, req: Request, block_ids: list[int], start: int, num_tokens: int) -> None:
         bs = self.block_size
-        keys = self._keys(req)[start // bs:(start + num_tokens) // bs]
+        keys = self.keys.loadable(req)[start // bs:(start + num_tokens) // bs]
         lease, slots = self.client.get(keys)
         ok = len(slots) == len(keys) == len(block_ids)  # evicted since the lookup: recompute
         self.planned[req.request_id] = Load(req.request_id, block_ids, slots[:len(block_ids)], lease, ok)
 
     def request_finished(self, req: Request) -> bool:
+        self.keys.forget(req.request_id)
         load = self.planned.pop(req.request_id, None)
         if load is not None:
             self.client.release(load.lease)
@@ -148,7 +145,7 @@ class StoreConnector(KVConnector):
             first, last = start // bs, end // bs  # the full blocks this step completes
             if last <= first or not self.client.available:
                 continue
-            keys = hash_blocks(self.root, req.all_token_ids[:last * bs], bs)[first:]
+            keys = self.keys.upto(req, last)[first:]
             put, slots = self.client.put(keys)
             table = block_tables[req.request_id]
             pairs = [(table[first + i], s) for i, s in enumerate(slots) if s >= 0]

@@ -63,9 +63,8 @@ class StoreServer:
     def handle(self, raw: bytes):
         try:
             msg = self.dec.decode(raw)
-            for name in ("keys",):
-                if hasattr(msg, name):
-                    sm.check_keys(getattr(msg, name))
+            if hasattr(msg, "keys"):
+                sm.check_keys(msg.keys)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             print(f"kv store: bad request dropped: {exc}", file=sys.stderr)
             return None
